@@ -1,0 +1,3 @@
+from mmdpo.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""Tiny random models and an in-memory byte-level tokenizer, for tests, the demo and benchmarks.
+
+``tiny:<arch>`` as a model path builds one of these instead of loading weights, so everything
+runs offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+TINY_ARCHS: dict[str, dict[str, Any]] = {
+    "llama": {"model_type": "llama", "num_key_value_heads": 2},
+    "qwen2": {"model_type": "qwen2", "num_key_value_heads": 2},
+    "mistral": {"model_type": "mistral", "num_key_value_heads": 2},
+}
+
+
+def tiny_tokenizer(model_max_length: int = 2048) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with no merges (one token per byte) and a ChatML template."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"):
+        vocab[special] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=model_max_length,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_causal_lm(
+    arch: str = "llama",
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    *,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int | None = None,
+    attn_implementation: str = "sdpa",
+    **overrides: Any,
+) -> PreTrainedModel:
+    """A randomly initialised causal LM of a known architecture, sized for a CPU test."""
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}.")
+    tokenizer = tokenizer or tiny_tokenizer()
+    spec = dict(TINY_ARCHS[arch])
+    config = AutoConfig.for_model(
+        spec.pop("model_type"),
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **{**spec, **overrides},
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)

@@ -1,0 +1,264 @@
+"""Typed run configuration: YAML file < ``key=value`` overrides, strict about names and combinations.
+
+    cfg = load_config("configs/llm/dpo.yaml", ["objective.beta=0.2", "train.max_steps=100"])
+
+Every section is a dataclass; an unknown key fails with the closest valid key named, and
+incompatible options fail at start-up naming both. ``objective`` takes ``name`` plus the
+objective's own hyperparameters, checked against the objective's signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from mmdpo.objectives import get_objective
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, stated in one sentence with the fix."""
+
+
+@dataclass
+class LoraSection:
+    """LoRA through peft; ``target_modules: all-linear`` adapts every linear layer but the output head."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class ModelSection:
+    """What to train. ``path`` is a local directory, a hub id, or ``tiny:<arch>`` (a random model built in memory)."""
+
+    path: str = "tiny:llama"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: str = "sdpa"
+    lora: LoraSection | None = None
+    reference: Literal["auto", "adapter", "copy", "precomputed", "none"] = "auto"
+    max_length: int = 1024
+    layout: Literal["shared", "concat"] = "shared"
+    logprob_chunk: int = 1024
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataSection:
+    """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task)."""
+
+    path: str = "toy"
+    format: str = "auto"
+    split: str = "train"
+    eval_path: str | None = None
+    eval_fraction: float = 0.1
+    ties: Literal["drop", "keep"] = "drop"
+    bad_rows: Literal["error", "skip"] = "error"
+    pairs: Literal["none", "all", "best_vs_rest", "adjacent", "best_vs_worst"] = "none"
+    cache_dir: str | None = None
+    num_workers: int = 2
+
+
+@dataclass
+class ObjectiveSection:
+    """The loss by name plus its hyperparameters (see ``mmdpo.objectives``)."""
+
+    name: str = "dpo"
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSection:
+    """The optimisation loop; ``batch_size`` is per process, the global batch is batch_size * grad_accum * processes."""
+
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 10
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep_checkpoints: int = 2
+    resume: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["objective"] = {"name": self.objective.name, **self.objective.hparams}
+        return out
+
+
+def _closest(key: str, options) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check and convert one YAML value against a type hint."""
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if value is None:
+        if type(None) in args or hint is Any:
+            return None
+        raise ConfigError(f"{where} cannot be null.")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where}={value!r} is not one of {', '.join(map(repr, args))}{_closest(str(value), args)}."
+            )
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if args and type(None) in args:  # Optional[X] / X | None
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}={value!r} has the wrong type; expected {hint}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} needs {len(args)} values, got {value!r}.")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} needs a list, got {value!r}.")
+        return [_coerce(v, args[0], where) for v in value]
+    if origin is dict or hint is Any:
+        return value
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-3" (no dot) as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    if origin is not None and args:  # a union such as str | list[str]
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+    raise ConfigError(f"{where}={value!r} has the wrong type; expected {getattr(hint, '__name__', hint)}.")
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if values is True and cls is LoraSection:  # `lora: true` takes the defaults
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping, got {values!r}.")
+    hints = get_type_hints(cls)
+    if cls is ObjectiveSection:
+        values = dict(values)
+        return ObjectiveSection(name=values.pop("name", "dpo"), hparams=values)
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}.{key}".lstrip(".")
+        if key not in hints:
+            raise ConfigError(f"Unknown config key {name}{_closest(key, hints)}.")
+        kwargs[key] = _coerce(value, hints[key], name)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {} if child in (None, True) else child
+            if not isinstance(child, dict):
+                raise ConfigError(f"Override {dotted}: {key} is not a section.")
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``key=value`` strings into (dotted key, YAML-parsed value) pairs."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} needs the form key=value (e.g. objective.beta=0.1).")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return parsed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides and validate the whole."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist; pass a path to a YAML file.")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of sections.")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    config = _build(Config, tree, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Fail on option combinations that cannot work, naming both options."""
+    try:
+        objective = get_objective(config.objective.name, **config.objective.hparams)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    model, train = config.model, config.train
+    if model.reference == "adapter" and model.lora is None:
+        raise ConfigError("model.reference=adapter needs model.lora (the reference is the model with its adapter off).")
+    if model.reference == "none" and objective.needs_reference:
+        raise ConfigError(f"model.reference=none but objective.name={objective.name} needs a reference; pick another.")
+    if model.reference == "precomputed" and objective.name in {"kto", "apo_zero_unpaired"}:
+        raise ConfigError(
+            "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
+        )
+    if model.layout == "shared" and model.attn_implementation not in {"sdpa", "eager"}:
+        raise ConfigError(
+            f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
+            f"{model.attn_implementation} does not take; use model.layout=concat."
+        )
+    if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
+        raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
+    if not 0 <= config.data.eval_fraction < 1:
+        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
+
+
+def resolved_reference(config: Config) -> str:
+    """The reference strategy ``auto`` stands for: none, the disabled adapter, or a frozen copy."""
+    if config.model.reference != "auto":
+        return config.model.reference
+    if not get_objective(config.objective.name, **config.objective.hparams).needs_reference:
+        return "none"
+    return "adapter" if config.model.lora is not None else "copy"

@@ -1,0 +1,40 @@
+"""A synthetic text preference task with a known reward, for the demo and the learning tests.
+
+Prompts ask for a word; the preferred answer is written mostly in vowels, the rejected one mostly
+in consonants. The reward of any text is its vowel fraction, so a policy's samples can be scored
+before and after training.
+"""
+
+from __future__ import annotations
+
+import random
+
+from datasets import Dataset
+
+VOWELS = "aeiou"
+CONSONANTS = "bcdfghjklmnpqrstvwxz"
+
+
+def vowel_reward(text: str) -> float:
+    """Fraction of letters in ``text`` that are vowels (0 when there are no letters)."""
+    letters = [c for c in text.lower() if c.isalpha()]
+    return sum(c in VOWELS for c in letters) / len(letters) if letters else 0.0
+
+
+def _word(rng: random.Random, main: str, other: str, length: int, purity: float) -> str:
+    return "".join(rng.choice(main if rng.random() < purity else other) for _ in range(length))
+
+
+def toy_groups(num_groups: int, seed: int = 0, purity: float = 0.85) -> Dataset:
+    """``num_groups`` preference pairs in the group schema (prompt, candidates, ranks)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_groups):
+        topic = _word(rng, CONSONANTS + VOWELS, "", rng.randint(3, 6), 1.0)
+        length = rng.randint(4, 10)
+        chosen = _word(rng, VOWELS, CONSONANTS, length, purity)
+        rejected = _word(rng, CONSONANTS, VOWELS, length, purity)
+        rows.append(
+            {"prompt": f"Say a word about {topic}:", "candidates": [f" {chosen}", f" {rejected}"], "ranks": [0, 1]}
+        )
+    return Dataset.from_list(rows)

@@ -1,0 +1,175 @@
+"""Listwise losses over K ranked candidates; every one reduces to DPO (or a multiple of it) at K = 2.
+
+All score a candidate by its implicit reward s_i = beta * (logp_i - logp_ref_i) and read the labels
+through ``Preferences.ranking()`` (ranks, or dense ranks from scores; 0 = best).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmdpo.objectives.core import LogLik, ObjectiveOutput, Preferences
+
+
+def _implicit_reward(policy: LogLik, reference: LogLik | None) -> Tensor:
+    """``[B, K]`` log-ratio r = logp - logp_ref (logp when reference-free)."""
+    return policy.total() if reference is None else policy.total() - reference.total().to(policy.values.dtype)
+
+
+def _ordered_pairs(ranks: Tensor) -> Tensor:
+    """``[B, K, K]`` bool: candidate i is ranked strictly better than j."""
+    return ranks.unsqueeze(-1) < ranks.unsqueeze(-2)
+
+
+def _dense(ranks: Tensor) -> Tensor:
+    """Ranks renumbered 0, 1, 2, ... without gaps (ties kept)."""
+    return (ranks.unsqueeze(-1) > ranks.unsqueeze(-2)).sum(-1)
+
+
+def _pair_logistic(s: Tensor, weight: Tensor, pairs: Tensor) -> Tensor:
+    """``[B]`` sum of ``weight_ij * -logsigmoid(s_i - s_j)`` over the groups' pairs, divided by their count."""
+    pair_loss = -F.logsigmoid(s.unsqueeze(-1) - s.unsqueeze(-2))
+    return (weight * pair_loss).sum((-1, -2)) / pairs.sum((-1, -2)).clamp_min(1)
+
+
+def listwise_metrics(rewards: Tensor, logps: Tensor, ranks: Tensor) -> dict[str, Tensor]:
+    """TRL-named metrics for a list: chosen = the best candidate(s), rejected = the worst.
+
+    Accuracy is over ordered pairs, a tie in reward counting half.
+    """
+    rewards, logps = rewards.detach(), logps.detach()
+    best = ranks == ranks.min(-1, keepdim=True).values
+    worst = ranks == ranks.max(-1, keepdim=True).values
+
+    def mean_of(x: Tensor, mask: Tensor) -> Tensor:
+        return ((x * mask).sum(-1) / mask.sum(-1)).mean()
+
+    ordered = _ordered_pairs(ranks)
+    diff = rewards.unsqueeze(-1) - rewards.unsqueeze(-2)
+    correct = (diff > 0).float() + 0.5 * (diff == 0).float()
+    chosen, rejected = mean_of(rewards, best), mean_of(rewards, worst)
+    return {
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margins": chosen - rejected,
+        "rewards/accuracies": (correct * ordered).sum() / ordered.sum().clamp_min(1),
+        "logps/chosen": mean_of(logps, best),
+        "logps/rejected": mean_of(logps, worst),
+    }
+
+
+def plackett_luce(
+    policy: LogLik, reference: LogLik | None, prefs: Preferences, *, beta: float = 0.1, top_k: int | None = None
+) -> ObjectiveOutput:
+    """Plackett-Luce DPO (Rafailov et al. 2023, arXiv 2305.18290, App. A.3, Eq. 20).
+
+    -sum_{k=1}^{K'} [s_tau(k) - log sum_{j>=k} exp s_tau(j)], tau the labelled order (ties broken by
+    index), K' = ``top_k`` or K - 1 (the last term is zero). K = 2 gives DPO.
+    """
+    ranks = prefs.ranking().to(policy.values.device)
+    s = beta * _implicit_reward(policy, reference)
+    k = s.shape[1]
+    order = torch.argsort(ranks * k + torch.arange(k, device=s.device), dim=-1)
+    ordered = s.gather(-1, order)
+    tail_lse = torch.logcumsumexp(ordered.flip(-1), dim=-1).flip(-1)  # log sum_{j >= k} exp s_j
+    terms = ordered - tail_lse
+    losses = -terms[:, : (top_k or k - 1)].sum(-1)
+    return ObjectiveOutput(losses=losses, metrics=listwise_metrics(s, policy.total(), ranks))
+
+
+def lambda_rank(
+    policy: LogLik,
+    reference: LogLik | None,
+    prefs: Preferences,
+    *,
+    beta: float = 0.1,
+) -> ObjectiveOutput:
+    """LiPO-lambda (Liu et al. 2024, arXiv 2402.01878, Eq. 6) = RankDPO (Karthik et al. 2024, arXiv 2410.18013, Alg. 2).
+
+    -sum_{i better than j} Delta_ij logsigmoid(s_i - s_j), with the lambda weight
+    Delta_ij = |G_i - G_j| |1/D(tau_i) - 1/D(tau_j)|, gains G = 2^label, discount D(tau) = log2(1 + tau)
+    and tau the 1-based position under the current scores (detached). Labels are the scores when
+    given (RankDPO's soft scores), else K-1-rank (LiPO's graded labels). The weights are
+    normalised to sum to the number of ordered pairs, so the loss is on DPO's scale.
+    """
+    ranks = prefs.ranking().to(policy.values.device)
+    s = beta * _implicit_reward(policy, reference)
+    label = prefs.scores.to(s) if prefs.scores is not None else (ranks.shape[1] - 1 - _dense(ranks)).to(s)
+    with torch.no_grad():
+        position = torch.argsort(torch.argsort(-s, dim=-1), dim=-1) + 1  # 1-based rank under current scores
+        inv_discount = 1 / torch.log2(1 + position.to(s))
+        gain = 2**label
+        weight = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * (
+            inv_discount.unsqueeze(-1) - inv_discount.unsqueeze(-2)
+        ).abs()
+        ordered = _ordered_pairs(ranks)
+        weight = weight * ordered
+        weight = weight * ordered.sum((-1, -2), keepdim=True) / weight.sum((-1, -2), keepdim=True).clamp_min(1e-12)
+    return ObjectiveOutput(
+        losses=_pair_logistic(s, weight, ordered), metrics=listwise_metrics(s, policy.total(), ranks)
+    )
+
+
+def curry_dpo(
+    policy: LogLik,
+    reference: LogLik | None,
+    prefs: Preferences,
+    *,
+    beta: float = 0.1,
+    pairs: Literal["all", "best_vs_rest", "adjacent"] = "all",
+) -> ObjectiveOutput:
+    """Curry-DPO's multi-pair expansion (Pattnaik et al. 2024, arXiv 2403.07230, Sec. 3) in one forward.
+
+    The mean DPO loss over the pairs of each ranked list: ``all`` ordered pairs, ``best_vs_rest`` or
+    ``adjacent`` ranks. Each candidate is scored once however many pairs it joins; the curriculum
+    (easy pairs first) is a data order.
+    """
+    ranks = prefs.ranking().to(policy.values.device)
+    s = beta * _implicit_reward(policy, reference)
+    dense = _dense(ranks)
+    if pairs == "all":
+        mask = _ordered_pairs(ranks)
+    elif pairs == "best_vs_rest":
+        mask = (dense == 0).unsqueeze(-1) & (dense > 0).unsqueeze(-2)
+    elif pairs == "adjacent":
+        mask = dense.unsqueeze(-1) + 1 == dense.unsqueeze(-2)
+    else:
+        raise ValueError(f"objective.pairs={pairs!r} is unknown; use all, best_vs_rest or adjacent.")
+    return ObjectiveOutput(losses=_pair_logistic(s, mask, mask), metrics=listwise_metrics(s, policy.total(), ranks))
+
+
+def adpo(
+    policy: LogLik,
+    reference: LogLik | None,
+    prefs: Preferences,
+    *,
+    tau: float = 10.0,
+    target: Literal["hard", "soft", "listwise"] = "hard",
+    target_temperature: float = 1.0,
+) -> ObjectiveOutput:
+    """Anchored DPO (Wang 2025, arXiv 2510.18913, Eq. 3): KL(q || softmax(r / tau)) over the K candidates.
+
+    Targets q: ``hard`` one-hot on the best candidate(s); ``soft`` softmax(scores / target_temperature);
+    ``listwise`` softmax(-rank / target_temperature). With K = 2 and a hard target this is DPO with
+    beta = 1/tau (so the default tau = 10 matches DPO's beta = 0.1).
+    """
+    ranks = prefs.ranking().to(policy.values.device)
+    r = _implicit_reward(policy, reference)
+    if target == "hard":
+        best = (ranks == ranks.min(-1, keepdim=True).values).to(r)
+        q = best / best.sum(-1, keepdim=True)
+    elif target == "soft":
+        if prefs.scores is None:
+            raise ValueError("objective.target=soft needs Preferences(scores=...); use target=hard or listwise.")
+        q = torch.softmax(prefs.scores.to(r) / target_temperature, dim=-1)
+    elif target == "listwise":
+        q = torch.softmax(-ranks.to(r) / target_temperature, dim=-1)
+    else:
+        raise ValueError(f"objective.target={target!r} is unknown; use hard, soft or listwise.")
+    log_p = torch.log_softmax(r / tau, dim=-1)
+    losses = (torch.xlogy(q, q) - q * log_p).sum(-1)
+    return ObjectiveOutput(losses=losses, metrics=listwise_metrics(r / tau, policy.total(), ranks))

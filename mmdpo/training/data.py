@@ -1,0 +1,83 @@
+"""From the ``data`` config section to tokenised train and eval datasets (plus reference values when precomputed)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from accelerate import Accelerator
+from datasets import Dataset
+
+from mmdpo.adapters.llm import LLMAdapter, RowError
+from mmdpo.config import Config
+from mmdpo.data.loaders import GroupSet, load_groups, train_eval_split
+from mmdpo.data.toy import toy_groups
+from mmdpo.training.reference import model_fingerprint, precompute_reference
+
+TOY_GROUPS = 512
+
+
+def _groups(path: str, config: Config) -> GroupSet:
+    data = config.data
+    source = toy_groups(TOY_GROUPS, seed=config.train.seed) if path == "toy" else path
+    return load_groups(
+        source, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
+    )
+
+
+def tokenize(dataset: Dataset, llm: LLMAdapter, bad_rows: str, skipped: Counter) -> Dataset:
+    """Token ids for every group; unusable rows raise, or are dropped and counted with ``bad_rows=skip``."""
+
+    def encode(row: dict, index: int) -> dict:
+        try:
+            return {**llm.tokenize(row), "error": ""}
+        except RowError as err:
+            if bad_rows == "error":
+                raise ValueError(f"Row {index}: {err}") from err
+            return {"prompt_ids": [], "candidate_ids": [], "error": err.reason}
+
+    encoded = dataset.map(encode, with_indices=True, desc="tokenize")
+    skipped.update(reason for reason in encoded["error"] if reason)
+    return encoded.filter(lambda error: not error, input_columns="error").remove_columns("error")
+
+
+def prepare_datasets(
+    config: Config, llm: LLMAdapter, accelerator: Accelerator, reference_kind: str
+) -> tuple[Dataset, Dataset | None, dict[str, int]]:
+    """Load, split and tokenise the data; precompute reference values when configured."""
+    data = config.data
+    groups = _groups(data.path, config)
+    skipped = Counter(groups.skipped)
+    if data.eval_path is not None:
+        train_set, eval_set = groups, _groups(data.eval_path, config)
+    else:
+        train_set, eval_set = train_eval_split(groups, data.eval_fraction, seed=config.train.seed)
+    train_ds = tokenize(train_set.dataset, llm, data.bad_rows, skipped)
+    eval_ds = None if eval_set is None else tokenize(eval_set.dataset, llm, data.bad_rows, skipped)
+
+    if reference_kind == "precomputed":
+        cache_dir = Path(data.cache_dir or Path(config.train.output_dir) / "cache")
+        key = {
+            "model": model_fingerprint(llm.scorer.model),
+            "max_length": llm.max_length,
+            "mixed_precision": config.train.mixed_precision,
+        }
+
+        llm.scorer.to(accelerator.device)
+
+        def score(rows: list[dict]):
+            batch = llm.collate(rows).to(accelerator.device)
+            with accelerator.autocast():
+                return llm.scorer(**batch.model_inputs())[0]
+
+        def attach(ds: Dataset) -> Dataset:
+            if accelerator.is_main_process:
+                precompute_reference(ds, score, batch_size=config.train.batch_size, cache_dir=cache_dir, key_parts=key)
+            accelerator.wait_for_everyone()
+            return precompute_reference(
+                ds, score, batch_size=config.train.batch_size, cache_dir=cache_dir, key_parts=key
+            )
+
+        train_ds = attach(train_ds)
+        eval_ds = None if eval_ds is None else attach(eval_ds)
+    return train_ds, eval_ds, dict(skipped)

@@ -1,0 +1,1 @@
+"""Preference-data pipelines: generate candidates, score them with rewards, rank, write datasets."""

@@ -1,0 +1,1 @@
+"""Reward scorers behind one interface, ensembles and rank aggregation."""
