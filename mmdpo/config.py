@@ -128,6 +128,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         raise ConfigError(f"{where} cannot be null.")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off as False and yes/on as True
+            value = next((w for w in (("yes", "on", "true") if value else ("no", "off", "false")) if w in args), value)
         if value not in args:
             raise ConfigError(
                 f"{where}={value!r} is not one of {', '.join(map(repr, args))}{_closest(str(value), args)}."

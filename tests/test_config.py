@@ -71,3 +71,7 @@ def test_pipelines_and_rewards_install_inside_the_package():
     import mmdpo.rewards
 
     assert mmdpo.pipelines.__name__ == "mmdpo.pipelines" and mmdpo.rewards.__name__ == "mmdpo.rewards"
+
+
+def test_yaml_booleans_read_as_the_words_they_were():
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
