@@ -242,7 +242,7 @@ def validate(config: Config) -> None:
         raise ConfigError("model.reference=adapter needs model.lora (the reference is the model with its adapter off).")
     if model.reference == "none" and objective.needs_reference:
         raise ConfigError(f"model.reference=none but objective.name={objective.name} needs a reference; pick another.")
-    if model.reference == "precomputed" and objective.name in {"kto", "apo_zero_unpaired"}:
+    if model.reference == "precomputed" and objective.name == "kto":
         raise ConfigError(
             "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
         )

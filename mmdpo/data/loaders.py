@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 
 from mmdpo.data.schema import CANDIDATES, LABELS, PROMPT
 
@@ -79,7 +80,14 @@ def read_table(source: str | Path | Dataset, split: str = "train") -> Dataset:
         raise ValueError(
             f"data.path={str(path)!r} must be one kind of .jsonl/.json/.parquet/.csv file (or a directory of them)."
         )
-    return load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
+    kind = kinds.pop()
+    try:
+        return load_dataset(kind, data_files=[str(p) for p in files], split="train")
+    except DatasetGenerationError as err:
+        cause = err.__cause__ or err
+        raise ValueError(
+            f"data.path={str(path)!r} is not valid {kind}: {cause}; fix or remove the broken file."
+        ) from err
 
 
 def detect_format(columns: list[str]) -> str:

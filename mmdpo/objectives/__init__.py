@@ -33,14 +33,14 @@ OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
     "curry_dpo": listwise.curry_dpo,
     "adpo": listwise.adpo,
     "kto": unpaired.kto,
-    "apo_zero_unpaired": unpaired.apo_zero_unpaired,
+    "apo_zero_unpaired": unpaired.kto,
 }
 
 REFERENCE_FREE = frozenset({"simpo", "orpo", "triple_po", "asft"})
 """Objectives that never read the reference: the trainer skips the reference pass for them."""
 
 # Hyperparameter defaults that differ from the kernel's own, per registered name.
-PRESETS: dict[str, dict[str, Any]] = {"rpo": {"sft_weight": 1.0}}
+PRESETS: dict[str, dict[str, Any]] = {"rpo": {"sft_weight": 1.0}, "apo_zero_unpaired": {"kl": False}}
 
 
 def hyperparameters(name: str) -> dict[str, Any]:

@@ -38,18 +38,20 @@ def kto(
     beta: float = 0.1,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    kl: bool = True,
 ) -> ObjectiveOutput:
     """KTO (Ethayarajh et al. 2024, arXiv 2402.01306, Eq. 8).
 
     desirable: lambda_D (1 - sigmoid(beta (r - z))), undesirable: lambda_U (1 - sigmoid(beta (z - r))),
     r = log pi/pi_ref, z = max(0, mean over the batch of r on mismatched (prompt, response) pairs),
-    detached. The mismatched values come in ``extras["mismatched"]`` of both LogLiks; without
-    them z = 0. Per-group loss is the mean over the group's K candidates.
+    detached. The mismatched values come in ``extras["mismatched"]`` of both LogLiks. With
+    ``kl=False`` (or no mismatched values) z = 0, which is APO-zero-unpaired (D'Oosterlinck et al.
+    2024, arXiv 2408.06266, Eq. 7). Per-group loss is the mean over the group's K candidates.
     """
     good = _desirable(prefs).to(policy.values.device)
     r = policy.total() - reference.total()
     z = torch.zeros((), device=r.device)
-    if "mismatched" in policy.extras and "mismatched" in reference.extras:
+    if kl and "mismatched" in policy.extras and "mismatched" in reference.extras:
         z = (policy.extras["mismatched"] - reference.extras["mismatched"]).mean().clamp_min(0).detach()
     losses = torch.where(
         good,
@@ -59,14 +61,3 @@ def kto(
     metrics = _unpaired_output(beta * r, policy.total(), good)
     metrics["kl"] = z
     return ObjectiveOutput(losses=losses.mean(-1), metrics=metrics)
-
-
-def apo_zero_unpaired(policy: LogLik, reference: LogLik, prefs: Preferences, *, beta: float = 0.1) -> ObjectiveOutput:
-    """APO-zero, unpaired (D'Oosterlinck et al. 2024, arXiv 2408.06266, Eq. 7; TRL KTO's form).
-
-    desirable: 1 - sigmoid(beta r), undesirable: sigmoid(beta r); no KL reference point.
-    """
-    good = _desirable(prefs).to(policy.values.device)
-    r = policy.total() - reference.total()
-    losses = torch.where(good, 1 - torch.sigmoid(beta * r), torch.sigmoid(beta * r))
-    return ObjectiveOutput(losses=losses.mean(-1), metrics=_unpaired_output(beta * r, policy.total(), good))

@@ -37,8 +37,9 @@ def tokenize(dataset: Dataset, llm: LLMAdapter, bad_rows: str, skipped: Counter)
             return {"prompt_ids": [], "candidate_ids": [], "error": err.reason}
 
     encoded = dataset.map(encode, with_indices=True, desc="tokenize")
-    skipped.update(reason for reason in encoded["error"] if reason)
-    return encoded.filter(lambda error: not error, input_columns="error").remove_columns("error")
+    errors = encoded["error"]
+    skipped.update(reason for reason in errors if reason)
+    return encoded.select([i for i, reason in enumerate(errors) if not reason]).remove_columns("error")
 
 
 def prepare_datasets(

@@ -103,7 +103,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
     llm = LLMAdapter.from_config(
         config.model, reference_kind, wpo=bool(config.objective.hparams.get("wpo")), reference_dtype=half
     )
-    collate_fn = partial(llm.collate, mismatched=objective.name == "kto")
+    collate_fn = partial(llm.collate, mismatched=objective.name == "kto" and objective.hparams.get("kl", True))
     train_ds, eval_ds, skipped = prepare_datasets(config, llm, accelerator, reference_kind)
 
     world, rank = accelerator.num_processes, accelerator.process_index

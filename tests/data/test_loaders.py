@@ -143,3 +143,10 @@ def test_ranked_length_mismatch_and_bad_labels():
         load_groups(Dataset.from_list(bad))
     unpaired = [{"prompt": "p", "completion": "c", "label": "yes"}]
     assert load_groups(Dataset.from_list(unpaired), bad_rows="skip").skipped == {"bad_label": 1}
+
+
+def test_a_malformed_file_names_the_path(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "cho\n')
+    with pytest.raises(ValueError, match="broken.jsonl.*is not valid json"):
+        load_groups(path)

@@ -86,3 +86,28 @@ def test_wpo_weighting_matches_trl(inputs):
     expected, _ = trl_dpo_loss(policy, reference, mask, loss_type="sigmoid", use_weighting=True, aligned=aligned)
     loss, _ = ours("dpo", policy, reference, mask, wpo=True, aligned=aligned)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 1.33)])
+def test_unpaired_losses_match_trl(loss_type, weights):
+    from trl_reference import trl_kto_loss
+
+    g = torch.Generator().manual_seed(2)
+    policy, reference = -torch.rand(B, generator=g) * 5, -torch.rand(B, generator=g) * 5
+    policy_kl, reference_kl = -torch.rand(B, generator=g) * 5, -torch.rand(B, generator=g) * 6
+    desirable = torch.tensor([True, False, True, True, False, False])
+    expected, trl_metrics = trl_kto_loss(
+        policy, reference, policy_kl, reference_kl, desirable, loss_type=loss_type, beta=0.3,
+        desirable_weight=weights[0], undesirable_weight=weights[1],
+    )  # fmt: skip
+    objective = get_objective(loss_type, beta=0.3, desirable_weight=weights[0], undesirable_weight=weights[1])
+    out = objective(
+        LogLik(policy[:, None], extras={"mismatched": policy_kl[:, None]}),
+        LogLik(reference[:, None], extras={"mismatched": reference_kl[:, None]}),
+        Preferences(desirable=desirable[:, None]),
+    )
+    torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=1e-5)
+    keys = ["rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"] + ["kl"] * (loss_type == "kto")
+    for key in keys:
+        assert out.metrics[key].item() == pytest.approx(trl_metrics[key], abs=1e-5)

@@ -73,3 +73,55 @@ def trl_dpo_loss(
     }
     loss = trainer._compute_loss(trainer.model, inputs, return_outputs=False)
     return loss, {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+
+class KeyedLM(FakeLM):
+    """Returns the KL sequences' log-probs when called on them (KTO's mismatched pairs), else the main ones."""
+
+    def __init__(self, log_probs, kl_log_probs):
+        super().__init__(log_probs)
+        self.kl = FakeLM(kl_log_probs)
+
+    def forward(self, input_ids, attention_mask, labels, fused_lm_head, use_cache=False):
+        source = self.kl if bool(input_ids[0, 0] == 1) else super()
+        return source.forward(input_ids, attention_mask, labels, fused_lm_head, use_cache)
+
+
+def trl_kto_loss(
+    policy,
+    reference,
+    policy_kl,
+    reference_kl,
+    desirable,
+    *,
+    loss_type="kto",
+    beta=0.1,
+    desirable_weight=1.0,
+    undesirable_weight=1.0,
+):
+    """TRL's KTO loss for B unpaired completions given their summed log-probs ``[B]`` and mismatched ones ``[B]``."""
+    from trl.trainer.kto_trainer import KTOTrainer
+
+    def tokens(x):  # one prompt token, then the whole log-prob on one completion token
+        return torch.stack([torch.zeros_like(x), x], dim=1)[:, 1:]
+
+    b = policy.shape[0]
+    trainer = object.__new__(KTOTrainer)
+    trainer.model = KeyedLM(tokens(policy), tokens(policy_kl))
+    trainer.ref_model = KeyedLM(tokens(reference), tokens(reference_kl))
+    trainer.accelerator = Accelerator(cpu=True)
+    trainer.args = SimpleNamespace(gradient_checkpointing_kwargs=None)
+    trainer.aux_loss_enabled, trainer.precompute_ref_logps = False, False
+    trainer.calculate_KL = loss_type == "kto"
+    trainer.loss_type, trainer.beta = loss_type, beta
+    trainer.desirable_weight, trainer.undesirable_weight = desirable_weight, undesirable_weight
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    trainer._total_train_tokens, trainer._tp_size = 0, 1
+    ids = torch.zeros(b, 2, dtype=torch.long)
+    mask = torch.tensor([[0, 1]] * b)
+    inputs = {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": mask, "label": desirable,
+        "KL_input_ids": torch.ones_like(ids), "KL_attention_mask": torch.ones_like(ids), "KL_completion_mask": mask,
+    }  # fmt: skip
+    loss = trainer._compute_loss(trainer.model, inputs, return_outputs=False)
+    return loss, {k: v[-1] for k, v in trainer._metrics["train"].items()}
