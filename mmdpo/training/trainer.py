@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -56,6 +56,17 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
         order[start + rank * batch_size : start + (rank + 1) * batch_size]
         for start in range(0, n - global_batch + 1, global_batch)
     ]
+
+
+def micro_batches(
+    dataset, collate_fn: Callable, tc, *, world: int, rank: int, per_epoch: int, start_step: int, num_workers: int
+) -> Iterator:
+    """This process's micro-batches from optimizer step ``start_step`` on, epoch after epoch, in seeded order."""
+    epoch, offset = divmod(start_step * tc.grad_accum, per_epoch * tc.grad_accum)
+    while True:
+        order = epoch_batches(len(dataset), tc.batch_size, world, rank, tc.seed, epoch)[: per_epoch * tc.grad_accum]
+        yield from DataLoader(dataset, batch_sampler=order[offset:], collate_fn=collate_fn, num_workers=num_workers)
+        epoch, offset = epoch + 1, 0
 
 
 class Step:
@@ -127,6 +138,11 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
 
     eval_loader = None
     if eval_ds is not None and len(eval_ds):
+        if len(eval_ds) < world:
+            raise ValueError(
+                f"{len(eval_ds)} held-out groups cannot be shared by {world} processes; "
+                "raise data.eval_fraction or set it to 0."
+            )
         shard = list(range(rank, len(eval_ds), world))
         eval_loader = DataLoader(eval_ds.select(shard), batch_size=tc.batch_size, collate_fn=collate_fn)
 
@@ -147,19 +163,10 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         if accelerator.is_main_process:
             log.write(0, result.eval_before)
 
-    def micro_batches(start_step: int):
-        consumed = start_step * tc.grad_accum
-        epoch, offset = divmod(consumed, per_epoch * tc.grad_accum)
-        while True:
-            order = epoch_batches(len(train_ds), tc.batch_size, world, rank, tc.seed, epoch)
-            order = order[: per_epoch * tc.grad_accum]
-            loader = DataLoader(
-                train_ds, batch_sampler=order[offset:], collate_fn=collate_fn, num_workers=config.data.num_workers
-            )
-            yield from loader
-            epoch, offset = epoch + 1, 0
-
-    batches = micro_batches(state["step"])
+    batches = micro_batches(
+        train_ds, collate_fn, tc, world=world, rank=rank, per_epoch=per_epoch, start_step=state["step"],
+        num_workers=config.data.num_workers,
+    )  # fmt: skip
     bar = tqdm(
         total=total_steps,
         initial=state["step"],
