@@ -1,47 +1,94 @@
 """Public preference formats -> preference groups (:mod:`mmdpo.data.schema`).
 
-    groups = load_groups("/data/prefs.jsonl")                   # format detected from the columns
+    groups = load_groups("/data/prefs.jsonl")                           # format detected from the columns
+    pairs = load_groups("/data/ranked.parquet", pairs="best_vs_rest")   # Curry-DPO style K = 2 pairs
     train, held_out = train_eval_split(groups, 0.05, seed=0)
 
-Formats: ``pairs`` (TRL: prompt/chosen/rejected, plain or conversational, or implicit-prompt
-conversations), ``ranked`` (prompt, responses or completions, ranks or scores), ``unpaired``
-(prompt, completion, label) and ``groups`` (our own schema). Sources: JSONL/JSON, Parquet and CSV
-files, directories of them, ``save_to_disk`` directories and in-memory datasets.
+Formats (detected from the columns, or forced with ``format=``):
+
+- ``pairs``: TRL's ``prompt``/``chosen``/``rejected``, plain or conversational, or conversations with no prompt
+  of their own: the opening turns they share become the prompt (TRL's ``extract_prompt``; like TRL, a text
+  ``prompt`` beside full conversations is ignored). Optional ``score_chosen``/``score_rejected`` (UltraFeedback)
+  ride along as ``scores``. -> K = 2, ``ranks`` [0, 1].
+- ``ranked``: ``prompt``, ``responses`` (or ``completions``) and ``ranks`` and/or ``scores``.
+- ``unpaired``: ``prompt``, ``completion``, ``label`` (bool) -> K = 1, ``desirable``.
+- ``groups``: our own schema, validated.
+
+Sources: a JSONL/JSON, Parquet or CSV file; a directory of such files (split by file name as ``datasets``
+does it, e.g. ``data/train-0000.parquet`` and ``data/test-0000.parquet``); a ``save_to_disk`` directory of a
+``Dataset`` or ``DatasetDict``; an in-memory ``Dataset`` or ``DatasetDict``. CSV cells hold text, not lists, so
+CSV carries plain pairs and unpaired rows only.
+
+Rows are converted in a plain loop rather than ``Dataset.map``: conversion drops rows, expands one group
+into several pairs and counts skip reasons, and ``map``'s cache would replay results without the counting.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+import pyarrow as pa
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    Json,
+    List,
+    Value,
+    concatenate_datasets,
+    load_dataset,
+    load_from_disk,
+)
+from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
 from datasets.exceptions import DatasetGenerationError
 
-from mmdpo.data.schema import CANDIDATES, LABELS, PROMPT
+from mmdpo.data.schema import CANDIDATES, DESIRABLE, GROUP_ID, PASSTHROUGH, PROMPT, RANKS, SCORES
 
+Ties = Literal["drop", "keep"]
+BadRows = Literal["error", "skip"]
 Pairing = Literal["none", "all", "best_vs_rest", "adjacent", "best_vs_worst"]
-FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-FORMAT_COLUMNS = {
-    "groups": [(PROMPT, CANDIDATES)],
-    "pairs": [("prompt", "chosen", "rejected"), ("chosen", "rejected")],
-    "ranked": [("prompt", "responses"), ("prompt", "completions")],
-    "unpaired": [("prompt", "completion", "label")],
+PAIRINGS = ("none", "all", "best_vs_rest", "adjacent", "best_vs_worst")
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FORMAT_COLUMNS: dict[str, list[tuple[str, ...]]] = {
+    # Each tuple is one requirement: at least one of its columns must be present.
+    "groups": [(PROMPT,), (CANDIDATES,), (RANKS, SCORES, DESIRABLE)],
+    "pairs": [("chosen",), ("rejected",)],
+    "ranked": [(PROMPT,), ("responses", "completions"), (RANKS, SCORES)],
+    "unpaired": [(PROMPT,), ("completion",), ("label",)],
 }
+LIST_COLUMNS = (CANDIDATES, "responses", "completions", RANKS, SCORES, DESIRABLE)
 
 
 class BadRow(ValueError):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
+    """A row that cannot become a group; ``bad_rows=skip`` drops it and counts it under ``reason``."""
+
+    def __init__(self, reason: str, field: str, problem: str):
+        super().__init__(f"field {field!r} {problem}")
         self.reason = reason
+
+
+class MixedKinds(ValueError):
+    """Plain text and conversations in one row or dataset; fatal whatever ``bad_rows`` says."""
 
 
 @dataclass
 class GroupSet:
-    """Preference groups plus what the loader learned about them."""
+    """Preference groups plus what the loader learned about them.
+
+    Args:
+        dataset: the groups (:mod:`mmdpo.data.schema`).
+        format: the source format (``pairs``, ``ranked``, ``unpaired`` or ``groups``).
+        conversational: prompts and candidates are chat messages rather than text.
+        label: the label column, ``ranks``, ``scores`` or ``desirable``.
+        skipped: rows (or groups) left out, by reason: ``tie``, ``empty_prompt``, ``empty_response``,
+            ``length_mismatch``, ``bad_label``, ``wrong_type``.
+    """
 
     dataset: Dataset
     format: str
@@ -56,112 +103,224 @@ class GroupSet:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read_table(source: str | Path | Dataset, split: str = "train") -> Dataset:
-    """A ``datasets.Dataset`` from a file, a directory or a dataset object."""
-    if isinstance(source, Dataset):
-        return source
-    path = Path(source)
+def read_table(path: str | Path | Dataset | DatasetDict, split: str = "train") -> Dataset:
+    """One split of a file, a directory or an in-memory dataset; a single table is split ``train``."""
+    if isinstance(path, (Dataset, DatasetDict)):
+        return _pick_split(path, split, "the in-memory dataset")
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"data.path={str(path)!r} does not exist; give a JSONL/Parquet/CSV file or a directory."
+            f"data.path={str(path)!r} does not exist; give a .jsonl/.json, .parquet or .csv file or a directory."
         )
-    if path.is_dir() and any(
-        (path / marker).exists() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")
-    ):
-        loaded = load_from_disk(str(path))
-        if isinstance(loaded, DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"data.split={split!r} is not in {str(path)!r}; it has {', '.join(loaded)}.")
-            return loaded[split]
-        return loaded
-    files = sorted(p for p in path.rglob("*") if p.suffix in FILE_TYPES) if path.is_dir() else [path]
-    kinds = {FILE_TYPES.get(p.suffix) for p in files}
-    if not files or None in kinds or len(kinds) != 1:
-        raise ValueError(
-            f"data.path={str(path)!r} must be one kind of .jsonl/.json/.parquet/.csv file (or a directory of them)."
-        )
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return _pick_split(load_from_disk(str(path)), split, str(path))
+    files = _pick_split(_data_files(path), split, str(path))
+    kinds = {FILE_BUILDERS[Path(f).suffix.lower()] for f in files}
+    if len(kinds) > 1:
+        raise ValueError(f"data.path={str(path)!r} mixes {' and '.join(sorted(kinds))} files; keep one kind.")
     kind = kinds.pop()
     try:
-        return load_dataset(kind, data_files=[str(p) for p in files], split="train")
-    except DatasetGenerationError as err:
+        return load_dataset(kind, data_files=files, split="train")
+    except (DatasetGenerationError, pa.ArrowException) as err:
         cause = err.__cause__ or err
         raise ValueError(
             f"data.path={str(path)!r} is not valid {kind}: {cause}; fix or remove the broken file."
         ) from err
 
 
+def _data_files(path: Path) -> dict[str, list[str]]:
+    """Data files by split: a file is ``train``; a directory splits by file name, as ``load_dataset`` does."""
+    if path.is_file():
+        if path.suffix.lower() not in FILE_BUILDERS:
+            raise ValueError(f"data.path={str(path)!r} is not a .jsonl/.json, .parquet or .csv file.")
+        return {"train": [str(path)]}
+    try:
+        found = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except EmptyDatasetError:
+        found = {}
+    splits = {str(name): [f for f in files if Path(f).suffix.lower() in FILE_BUILDERS] for name, files in found.items()}
+    splits = {name: files for name, files in splits.items() if files}
+    if not splits:
+        raise ValueError(f"data.path={str(path)!r} holds no .jsonl/.json, .parquet or .csv files.")
+    return splits
+
+
+def _pick_split(tables: Dataset | Mapping[str, Any], split: str, where: str) -> Any:
+    if isinstance(tables, Dataset):
+        tables = {"train": tables}
+    if split not in tables:
+        raise ValueError(f"data.split={split!r} is not in {where}, which has: {', '.join(tables)}.")
+    return tables[split]
+
+
+# --- formats and columns ---------------------------------------------------------------------------
+
+
+def _describe(options: tuple[str, ...]) -> str:
+    alternatives = " or ".join(repr(c) for c in options[1:])
+    return repr(options[0]) + (f" (or {alternatives})" if alternatives else "")
+
+
+def _missing(columns: list[str], format: str) -> list[str]:
+    """The requirements of ``format`` that ``columns`` do not meet, described for a message."""
+    return [_describe(options) for options in FORMAT_COLUMNS[format] if not any(c in columns for c in options)]
+
+
 def detect_format(columns: list[str]) -> str:
-    """The first format whose required columns are all present."""
-    for name, options in FORMAT_COLUMNS.items():
-        if any(all(c in columns for c in option) for option in options):
-            return name
-    wanted = "; ".join(f"{name}: {' + '.join(options[0])}" for name, options in FORMAT_COLUMNS.items())
-    raise ValueError(f"The data has columns {columns}, which fit no known format ({wanted}); rename the columns.")
+    """The first format (groups, pairs, ranked, unpaired) whose required columns are all present."""
+    fitting = [name for name in FORMAT_COLUMNS if not _missing(columns, name)]
+    if fitting:
+        return fitting[0]
+    lacks = "; ".join(f"{name} lacks {', '.join(_missing(columns, name))}" for name in FORMAT_COLUMNS)
+    raise ValueError(f"The data has columns {columns}, which fit no format ({lacks}); rename the columns.")
+
+
+def check_columns(table: Dataset, format: str) -> None:
+    """Fail early, in one sentence, when ``table`` lacks a column ``format`` needs or holds text where lists go."""
+    columns = table.column_names
+    missing = _missing(columns, format)
+    if format == "pairs" and not missing and PROMPT not in columns and isinstance(table.features["chosen"], Value):
+        missing = ["'prompt' (only conversations carry their own prompt)"]
+    if missing:
+        fits = [name for name in FORMAT_COLUMNS if name != format and not _missing(columns, name)]
+        fit = f"formats that fit them: {', '.join(fits)}" if fits else "no format fits them"
+        raise ValueError(
+            f"data.format={format} needs column {', '.join(missing)}, but the data has columns {columns}; {fit}."
+        )
+    read = {c for options in FORMAT_COLUMNS[format] for c in options}
+    for name in (c for c in LIST_COLUMNS if c in read and c in columns):
+        feature = table.features[name]
+        if isinstance(feature, Value) and feature.dtype != "null":
+            raise ValueError(
+                f"Column {name!r} holds single {feature.dtype} values where lists are needed; "
+                "CSV cannot store lists, so write this data as JSONL or Parquet."
+            )
 
 
 # --- row conversion --------------------------------------------------------------------------------
 
 
-def _require(row: dict[str, Any], name: str) -> Any:
-    value = row.get(name)
+def _kind(conversational: bool) -> str:
+    return "a conversation" if conversational else "text"
+
+
+def _content(value: Any, field: str) -> bool:
+    """Check one prompt or response; True for a conversation (a list of messages), False for text."""
     if value is None or (isinstance(value, (str, list)) and not value):
-        raise BadRow(
-            "empty_response" if name in {"chosen", "rejected", "completion"} else "missing_field",
-            f"field {name!r} is empty",
-        )
-    return value
+        raise BadRow("empty_prompt" if field == PROMPT else "empty_response", field, "is empty")
+    if isinstance(value, str):
+        return False
+    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return True
+    raise BadRow("wrong_type", field, f"must be text or a list of {{role, content}} messages, got {str(value)[:40]}")
 
 
-def _common_prefix(a: list[dict], b: list[dict]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+def _group(prompt: Any, candidates: list[Any], fields: list[str], labels: dict[str, list]) -> dict[str, Any]:
+    """A group, once the prompt and every candidate are non-empty and of one kind."""
+    conversational = _content(prompt, PROMPT)
+    for candidate, name in zip(candidates, fields):
+        if _content(candidate, name) != conversational:
+            raise MixedKinds(
+                f"field 'prompt' is {_kind(conversational)} but field {name!r} is {_kind(not conversational)}"
+            )
+    return {PROMPT: prompt, CANDIDATES: candidates, **labels}
+
+
+def _check_list(values: Any, k: int, field: str, noun: str) -> list:
+    if not isinstance(values, list):
+        raise BadRow("wrong_type", field, f"must be a list, got {values!r}")
+    if len(values) != k:
+        raise BadRow("length_mismatch", field, f"has {len(values)} entries for {k} {noun}")
+    return values
+
+
+def _score(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRow("bad_label", field, f"must hold finite numbers, got {value!r}")
+    return float(value)
+
+
+def _rank(value: Any, field: str) -> int:
+    if _score(value, field) < 0 or value != int(value):
+        raise BadRow("bad_label", field, f"must hold whole numbers >= 0 (0 = best), got {value!r}")
+    return int(value)
+
+
+def _rank_labels(row: dict[str, Any], k: int, noun: str) -> dict[str, list]:
+    """``ranks``, ``scores`` or both (ranks decide the order, scores ride along as reward values)."""
+    labels = {}
+    if row.get(RANKS) is not None:
+        labels[RANKS] = [_rank(v, RANKS) for v in _check_list(row[RANKS], k, RANKS, noun)]
+    if row.get(SCORES) is not None:
+        labels[SCORES] = [_score(v, SCORES) for v in _check_list(row[SCORES], k, SCORES, noun)]
+    if not labels:
+        raise BadRow("bad_label", RANKS, "is empty and so is 'scores'")
+    return labels
+
+
+def _candidate_list(row: dict[str, Any], field: str) -> list[Any]:
+    values = row.get(field)
+    if values is None or (isinstance(values, (str, list)) and not values):
+        raise BadRow("empty_response", field, "is empty")
+    if not isinstance(values, list):
+        raise BadRow("wrong_type", field, f"must be a list of responses, got {str(values)[:40]}")
+    return values
+
+
+def _split_shared_turns(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """TRL's implicit prompt: the opening turns two conversations share, then what follows in each."""
+    _content(chosen, "chosen")
+    _content(rejected, "rejected")
+    cut = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    if cut == 0:
+        raise BadRow("empty_prompt", PROMPT, "is missing and 'chosen' and 'rejected' share no opening turn to use")
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        if cut == len(turns):
+            raise BadRow("empty_response", name, "has no turn after the prompt it shares with the other response")
+    return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
 def _from_pairs(row: dict[str, Any]) -> dict[str, Any]:
-    chosen, rejected = _require(row, "chosen"), _require(row, "rejected")
-    if row.get("prompt") is None:  # implicit prompt: the shared opening turns of two conversations
-        if not isinstance(chosen, list):
-            raise BadRow("missing_field", "field 'prompt' is missing and chosen/rejected are not conversations")
-        cut = _common_prefix(chosen, rejected)
-        prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
-        if not prompt or not chosen or not rejected:
-            raise BadRow("empty_response", "chosen and rejected share no prompt turns or have no reply after it")
-    else:
-        prompt = _require(row, "prompt")
-    return {PROMPT: prompt, CANDIDATES: [chosen, rejected], "ranks": [0, 1]}
+    prompt, chosen, rejected = row.get(PROMPT), row.get("chosen"), row.get("rejected")
+    if isinstance(chosen, list) and isinstance(rejected, list) and not isinstance(prompt, list):
+        prompt, chosen, rejected = _split_shared_turns(chosen, rejected)
+    labels: dict[str, list] = {RANKS: [0, 1]}
+    if row.get("score_chosen") is not None and row.get("score_rejected") is not None:
+        labels[SCORES] = [_score(row["score_chosen"], "score_chosen"), _score(row["score_rejected"], "score_rejected")]
+    return _group(prompt, [chosen, rejected], ["chosen", "rejected"], labels)
 
 
 def _from_ranked(row: dict[str, Any]) -> dict[str, Any]:
-    responses = row.get("responses", row.get("completions"))
-    if not responses or any(r is None or (isinstance(r, (str, list)) and not r) for r in responses):
-        raise BadRow("empty_response", "a response in the list is empty")
-    out = {PROMPT: _require(row, "prompt"), CANDIDATES: list(responses)}
-    for label in ("ranks", "scores"):
-        if row.get(label) is not None:
-            if len(row[label]) != len(responses):
-                raise BadRow("length_mismatch", f"{len(responses)} responses but {len(row[label])} {label}")
-            out[label] = list(row[label])
-            return out
-    raise BadRow("missing_field", "fields 'ranks' and 'scores' are both empty")
+    field = "responses" if "responses" in row else "completions"
+    responses = _candidate_list(row, field)
+    labels = _rank_labels(row, len(responses), field)
+    return _group(row.get(PROMPT), responses, [f"{field}[{i}]" for i in range(len(responses))], labels)
 
 
 def _from_unpaired(row: dict[str, Any]) -> dict[str, Any]:
     label = row.get("label")
     if not isinstance(label, bool):
-        raise BadRow("bad_label", f"field 'label' must be true or false, got {label!r}")
-    return {PROMPT: _require(row, "prompt"), CANDIDATES: [_require(row, "completion")], "desirable": [label]}
+        raise BadRow("bad_label", "label", f"must be true or false, got {label!r}")
+    return _group(row.get(PROMPT), [row.get("completion")], ["completion"], {DESIRABLE: [label]})
 
 
 def _from_groups(row: dict[str, Any]) -> dict[str, Any]:
-    candidates = _require(row, CANDIDATES)
-    out = {PROMPT: _require(row, PROMPT), CANDIDATES: candidates}
-    for label in LABELS:
-        if row.get(label) is not None:
-            if len(row[label]) != len(candidates):
-                raise BadRow("length_mismatch", f"{len(candidates)} candidates but {len(row[label])} {label}")
-            out[label] = row[label]
-    if len(out) == 2:
-        raise BadRow("missing_field", f"none of the label fields {', '.join(LABELS)} is set")
-    return out
+    candidates = _candidate_list(row, CANDIDATES)
+    if row.get(DESIRABLE) is None:
+        if row.get(RANKS) is None and row.get(SCORES) is None:
+            raise BadRow("bad_label", RANKS, "is empty and so are 'scores' and 'desirable'")
+        labels = _rank_labels(row, len(candidates), CANDIDATES)
+    elif row.get(RANKS) is not None or row.get(SCORES) is not None:
+        raise BadRow("bad_label", DESIRABLE, "is set beside 'ranks' or 'scores'; keep one label kind")
+    else:
+        desirable = _check_list(row[DESIRABLE], 1, DESIRABLE, "candidate (unpaired groups have one)")
+        if len(candidates) != 1:
+            raise BadRow("length_mismatch", CANDIDATES, f"has {len(candidates)} entries; unpaired groups have one")
+        if not isinstance(desirable[0], bool):
+            raise BadRow("bad_label", DESIRABLE, f"must hold true or false, got {desirable[0]!r}")
+        labels = {DESIRABLE: desirable}
+    fields = [f"{CANDIDATES}[{i}]" for i in range(len(candidates))]
+    return _group(row.get(PROMPT), candidates, fields, labels)
 
 
 CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -172,109 +331,200 @@ CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def _is_tie(group: dict[str, Any]) -> bool:
-    labels = group.get("ranks", group.get("scores"))
-    return labels is not None and len(set(labels)) == 1
+def label_of(group: dict[str, Any]) -> str:
+    """The label kind of a group: ``ranks`` (even with scores beside them), ``scores`` or ``desirable``."""
+    return next(name for name in (RANKS, SCORES, DESIRABLE) if group.get(name) is not None)
 
 
-def _ranks(group: dict[str, Any]) -> list[int]:
-    """Dense ranks (0 = best) from ranks or scores."""
-    if group.get("ranks") is not None:
-        return list(group["ranks"])
-    distinct = sorted(set(group["scores"]), reverse=True)
-    return [distinct.index(s) for s in group["scores"]]
+# --- ties and pair expansion -----------------------------------------------------------------------
+
+
+def is_full_tie(group: dict[str, Any]) -> bool:
+    """True when every candidate shares one rank (or score), so the group prefers nothing."""
+    key = group.get(RANKS) if group.get(RANKS) is not None else group.get(SCORES)
+    return key is not None and len(set(key)) == 1
+
+
+def rank_levels(group: dict[str, Any]) -> list[list[int]]:
+    """Candidate indices grouped by rank (from ``ranks``, else ``scores``), best level first; ties share one."""
+    key = group[RANKS] if group.get(RANKS) is not None else [-s for s in group[SCORES]]
+    return [[i for i, v in enumerate(key) if v == level] for level in sorted(set(key))]
 
 
 def expand_pairs(group: dict[str, Any], mode: Pairing) -> list[tuple[int, int]]:
-    """Index pairs (better, worse) of a ranked group (Curry-DPO's multi-pair expansion)."""
-    ranks = _ranks(group)
-    order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
+    """(better, worse) candidate indices of a ranked group, for Curry-DPO style multi-pair training.
+
+    ``all``: every pair of different ranks; ``best_vs_rest``: each best candidate against each worse one;
+    ``adjacent``: each candidate against each one a rank level below; ``best_vs_worst``: each best against each
+    worst. Tied candidates are never paired with each other, and ties at a level all take part. Pairs come in
+    order of the better level, then the worse level, then candidate position.
+    """
+    levels = rank_levels(group)
     if mode == "all":
-        return [(i, j) for i, j in itertools.permutations(range(len(ranks)), 2) if ranks[i] < ranks[j]]
-    if mode == "best_vs_rest":
-        return [(order[0], j) for j in order[1:] if ranks[order[0]] < ranks[j]]
-    if mode == "best_vs_worst":
-        return [(order[0], order[-1])] if ranks[order[0]] < ranks[order[-1]] else []
-    if mode == "adjacent":
-        levels = sorted(set(ranks))
-        return [
-            (i, j) for a, b in zip(levels, levels[1:]) for i in order if ranks[i] == a for j in order if ranks[j] == b
-        ]
-    raise ValueError(f"data.pairs={mode!r} is unknown; use none, all, best_vs_rest, adjacent or best_vs_worst.")
+        level_pairs = [(a, b) for a in range(len(levels)) for b in range(a + 1, len(levels))]
+    elif mode == "best_vs_rest":
+        level_pairs = [(0, b) for b in range(1, len(levels))]
+    elif mode == "adjacent":
+        level_pairs = [(a, a + 1) for a in range(len(levels) - 1)]
+    elif mode == "best_vs_worst":
+        level_pairs = [(0, len(levels) - 1)] if len(levels) > 1 else []
+    else:
+        raise ValueError(f"data.pairs={mode!r} is unknown; use one of {', '.join(PAIRINGS)}.")
+    return [(i, j) for a, b in level_pairs for i in levels[a] for j in levels[b]]
 
 
-def _pair_rows(group: dict[str, Any], mode: Pairing, group_id: int) -> list[dict[str, Any]]:
-    rows = []
-    for i, j in expand_pairs(group, mode):
-        row = {PROMPT: group[PROMPT], CANDIDATES: [group[CANDIDATES][i], group[CANDIDATES][j]], "ranks": [0, 1]}
-        if group.get("scores") is not None:
-            row["scores"] = [group["scores"][i], group["scores"][j]]
-        rows.append({**row, "group_id": group_id})
-    return rows
+def _pair(group: dict[str, Any], better: int, worse: int) -> dict[str, Any]:
+    pair = {PROMPT: group[PROMPT], CANDIDATES: [group[CANDIDATES][better], group[CANDIDATES][worse]], RANKS: [0, 1]}
+    if group.get(SCORES) is not None:
+        pair[SCORES] = [group[SCORES][better], group[SCORES][worse]]
+    return pair
 
 
 # --- the entry point -------------------------------------------------------------------------------
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is unknown; use one of {', '.join(choices)}.")
+
+
+def _check_consistent(first: dict[str, Any], group: dict[str, Any], row: str) -> None:
+    """One dataset, one kind of content and one kind of label."""
+    conversational = isinstance(group[PROMPT], list)
+    if conversational != isinstance(first[PROMPT], list):
+        raise ValueError(
+            f"{row} is {_kind(conversational)} but earlier rows are {_kind(not conversational)}; "
+            "a dataset must be all plain text or all conversations, so split it in two."
+        )
+    if label_of(group) != label_of(first):
+        raise ValueError(
+            f"{row} is labelled by {label_of(group)!r} but earlier rows by {label_of(first)!r}; "
+            "label every row the same way."
+        )
+
+
+def _to_dataset(groups: list[dict[str, Any]], columns: list[str]) -> Dataset:
+    data = {name: [group[name] for group in groups] for name in columns}
+    try:
+        return Dataset.from_dict(data)
+    except pa.ArrowException:  # messages Arrow cannot unify (text content in one turn, content parts in another)
+        types = {
+            PROMPT: Json(),
+            CANDIDATES: List(Json()),
+            RANKS: List(Value("int64")),
+            SCORES: List(Value("float64")),
+            DESIRABLE: List(Value("bool")),
+        }
+        return Dataset.from_dict(data, features=Features({name: types[name] for name in columns}))
+
+
 def load_groups(
-    source: str | Path | Dataset,
+    path: str | Path | Dataset | DatasetDict,
     *,
     format: str = "auto",
     split: str = "train",
-    ties: Literal["drop", "keep"] = "drop",
-    bad_rows: Literal["error", "skip"] = "error",
+    ties: Ties = "drop",
+    bad_rows: BadRows = "error",
     pairs: Pairing = "none",
 ) -> GroupSet:
-    """Read ``source`` and convert it to preference groups.
+    """Read ``path`` and convert it to preference groups.
 
     Args:
+        path: a file, a directory or an in-memory dataset (see the module docstring).
         format: ``auto`` (from the columns) or one of ``pairs``, ``ranked``, ``unpaired``, ``groups``.
-        split: the split of a saved ``DatasetDict``.
-        ties: ``drop`` removes groups whose candidates all share one rank or score.
-        bad_rows: ``error`` stops at the first unusable row, naming it; ``skip`` drops and counts them.
-        pairs: expand ranked groups into K = 2 pairs (``all``, ``best_vs_rest``, ``adjacent``, ``best_vs_worst``).
+        split: the split of a saved ``DatasetDict`` or of a directory whose file names name splits.
+        ties: ``drop`` removes ranked or scored groups whose candidates all tie (a tied pair included) and counts
+            them under ``skipped["tie"]``; ``keep`` keeps them (pair expansion still cannot pair tied candidates).
+        bad_rows: ``error`` stops at the first unusable row, naming it and the field; ``skip`` drops such rows and
+            counts them by reason. Mixed plain/conversational data and mixed label kinds are always errors.
+        pairs: ``none``, or expand each ranked group into K = 2 pairs (``all``, ``best_vs_rest``, ``adjacent``,
+            ``best_vs_worst``; see :func:`expand_pairs`), each with ranks [0, 1], its two scores when the group has
+            scores, and ``group_id``: the source row (or the source's own ``group_id``).
     """
-    table = read_table(source, split)
-    if format == "auto":
-        format = detect_format(table.column_names)
-    if format not in CONVERTERS:
-        raise ValueError(f"data.format={format!r} is unknown; use auto, {', '.join(CONVERTERS)}.")
-    if not any(all(c in table.column_names for c in option) for option in FORMAT_COLUMNS[format]):
-        need = " + ".join(FORMAT_COLUMNS[format][0])
-        raise ValueError(f"data.format={format} needs columns {need}, but the data has {table.column_names}.")
+    _check_choice("data.format", format, ("auto", *CONVERTERS))
+    _check_choice("data.ties", ties, ("drop", "keep"))
+    _check_choice("data.bad_rows", bad_rows, ("error", "skip"))
+    _check_choice("data.pairs", pairs, PAIRINGS)
+    table = read_table(path, split)
+    format = detect_format(table.column_names) if format == "auto" else format
+    check_columns(table, format)
+    name = "the in-memory dataset" if isinstance(path, (Dataset, DatasetDict)) else str(path)
 
-    convert, skipped, groups = CONVERTERS[format], Counter(), []
-    for index, row in enumerate(table):
+    passthrough = [c for c in PASSTHROUGH if c in table.column_names]
+    convert, skipped = CONVERTERS[format], Counter()
+    groups: list[dict[str, Any]] = []
+    sources: list[int] = []
+    for index, row in enumerate(table.remove_columns(passthrough)):
+        where = f"Row {index} of {name}"
         try:
             group = convert(row)
+        except MixedKinds as err:
+            raise ValueError(f"{where}: {err}; a dataset must be all plain text or all conversations.") from None
         except BadRow as err:
             if bad_rows == "error":
-                raise ValueError(f"Row {index}: {err}; fix the row or set data.bad_rows=skip.") from err
+                raise ValueError(f"{where}: {err}; fix the row or set data.bad_rows=skip to drop such rows.") from None
             skipped[err.reason] += 1
             continue
-        if ties == "drop" and _is_tie(group):
+        if groups:
+            _check_consistent(groups[0], group, where)
+        if ties == "drop" and is_full_tie(group):
             skipped["tie"] += 1
             continue
-        for extra in ("images", "id"):
-            if row.get(extra) is not None:
-                group[extra] = row[extra]
         groups.append(group)
+        sources.append(index)
 
-    conversational = bool(groups) and isinstance(groups[0][PROMPT], list)
-    if pairs != "none":
-        groups = [row for gid, group in enumerate(groups) for row in _pair_rows(group, pairs, gid)]
-    label = next((name for name in LABELS if groups and groups[0].get(name) is not None), "ranks")
-    return GroupSet(Dataset.from_list(groups), format, conversational, label, dict(skipped))
+    if pairs != "none" and groups:
+        if label_of(groups[0]) == DESIRABLE:
+            raise ValueError(f"data.pairs={pairs} needs ranked or scored groups, but {name} is unpaired.")
+        expanded, expanded_sources = [], []
+        for group, source in zip(groups, sources):
+            produced = [_pair(group, i, j) for i, j in expand_pairs(group, pairs)]
+            if not produced:  # a full tie kept by ties=keep has no pair to give
+                skipped["tie"] += 1
+            expanded += produced
+            expanded_sources += [source] * len(produced)
+        groups, sources = expanded, expanded_sources
+    if not groups:
+        raise ValueError(
+            f"No usable groups in {name}: {len(table)} rows read, skipped {dict(skipped) or 'none'}; "
+            "check the data, data.ties and data.bad_rows."
+        )
+
+    label = label_of(groups[0])
+    columns = [PROMPT, CANDIDATES, label]
+    if label == RANKS and all(group.get(SCORES) is not None for group in groups):
+        columns.append(SCORES)
+    dataset = _to_dataset(groups, columns)
+    if passthrough:
+        dataset = concatenate_datasets([dataset, table.select_columns(passthrough).select(sources)], axis=1)
+    if pairs != "none" and GROUP_ID not in passthrough:
+        dataset = dataset.add_column(GROUP_ID, sources)
+    conversational = isinstance(groups[0][PROMPT], list)
+    return GroupSet(dataset, format, conversational, label, {k: v for k, v in skipped.items() if v})
 
 
 def train_eval_split(groups: GroupSet, eval_fraction: float, seed: int) -> tuple[GroupSet, GroupSet | None]:
-    """A seeded split; pairs expanded from one group stay on one side."""
-    if eval_fraction <= 0:
+    """A seeded (train, eval) split of the groups; pairs expanded from one group (one ``group_id``) stay together.
+
+    Eval takes ``round(eval_fraction * n)`` of the n source groups (at least one); rows keep their order on each
+    side. ``eval_fraction == 0`` gives no eval set. ``skipped`` stays with the train side so it is counted once.
+    """
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"data.eval_fraction={eval_fraction} must lie in [0, 1).")
+    if eval_fraction == 0:
         return groups, None
     data = groups.dataset
-    keys = data["group_id"] if "group_id" in data.column_names else list(range(len(data)))
+    keys = list(data[GROUP_ID]) if GROUP_ID in data.column_names else list(range(len(data)))
     unique = sorted(set(keys))
-    held = set(Dataset.from_dict({"k": unique}).shuffle(seed=seed)["k"][: max(1, round(eval_fraction * len(unique)))])
-    train_idx = [i for i, k in enumerate(keys) if k not in held]
-    eval_idx = [i for i, k in enumerate(keys) if k in held]
-    return replace(groups, dataset=data.select(train_idx)), replace(groups, dataset=data.select(eval_idx), skipped={})
+    n_eval = max(1, round(eval_fraction * len(unique)))
+    if n_eval >= len(unique):
+        raise ValueError(
+            f"data.eval_fraction={eval_fraction} of {len(unique)} groups leaves none to train on; lower it."
+        )
+    held = set(random.Random(seed).sample(unique, n_eval))
+    train = [i for i, key in enumerate(keys) if key not in held]
+    evaluation = [i for i, key in enumerate(keys) if key in held]
+    return (
+        replace(groups, dataset=data.select(train)),
+        replace(groups, dataset=data.select(evaluation), skipped={}),
+    )
