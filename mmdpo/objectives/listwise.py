@@ -30,10 +30,21 @@ def _dense(ranks: Tensor) -> Tensor:
     return (ranks.unsqueeze(-1) > ranks.unsqueeze(-2)).sum(-1)
 
 
-def _pair_logistic(s: Tensor, weight: Tensor, pairs: Tensor) -> Tensor:
-    """``[B]`` sum of ``weight_ij * -logsigmoid(s_i - s_j)`` over the groups' pairs, divided by their count."""
-    pair_loss = -F.logsigmoid(s.unsqueeze(-1) - s.unsqueeze(-2))
-    return (weight * pair_loss).sum((-1, -2)) / pairs.sum((-1, -2)).clamp_min(1)
+def _pair_logistic(s: Tensor, weight: Tensor) -> Tensor:
+    """``[B]`` sum over ordered pairs of ``weight_ij * -logsigmoid(s_i - s_j)`` (``weight`` is 0 off the pairs)."""
+    return (weight * -F.logsigmoid(s.unsqueeze(-1) - s.unsqueeze(-2))).sum((-1, -2))
+
+
+def _positions(s: Tensor, ranks: Tensor) -> Tensor:
+    """``[B, K]`` 1-based positions when sorted by s (descending); ties go to the better label, then the index.
+
+    Breaking ties by label makes the positions at policy = reference (all s equal) the labelled order,
+    whatever order the candidates come in.
+    """
+    index = torch.arange(s.shape[1], device=s.device)
+    s_i, s_j, r_i, r_j = s.unsqueeze(-1), s.unsqueeze(-2), ranks.unsqueeze(-1), ranks.unsqueeze(-2)
+    ahead = (s_j > s_i) | ((s_j == s_i) & ((r_j < r_i) | ((r_j == r_i) & (index < index[:, None]))))
+    return 1 + ahead.sum(-1)  # ahead[b, i, j]: candidate j sorts before candidate i
 
 
 def listwise_metrics(rewards: Tensor, logps: Tensor, ranks: Tensor) -> dict[str, Tensor]:
@@ -77,41 +88,67 @@ def plackett_luce(
     ordered = s.gather(-1, order)
     tail_lse = torch.logcumsumexp(ordered.flip(-1), dim=-1).flip(-1)  # log sum_{j >= k} exp s_j
     terms = ordered - tail_lse
-    losses = -terms[:, : (top_k or k - 1)].sum(-1)
+    if top_k is not None and not 1 <= top_k <= k:
+        raise ValueError(f"objective.top_k={top_k} must lie in [1, K={k}].")
+    losses = -terms[:, : (k - 1 if top_k is None else top_k)].sum(-1)
     return ObjectiveOutput(losses=losses, metrics=listwise_metrics(s, policy.total(), ranks))
 
 
-def lambda_rank(
+Weighting = Literal["lambda", "gain", "uniform"]
+
+
+def _lambda_rank(
+    policy: LogLik, reference: LogLik | None, prefs: Preferences, beta: float, weighting: Weighting
+) -> ObjectiveOutput:
+    """-sum_{i better than j} Delta_ij logsig(s_i - s_j) with LambdaLoss weights; see :func:`lipo_lambda`."""
+    ranks = prefs.ranking().to(policy.values.device)
+    s = beta * _implicit_reward(policy, reference)
+    label = prefs.scores.to(s) if prefs.scores is not None else (ranks.shape[1] - 1 - _dense(ranks)).to(s)
+    with torch.no_grad():
+        pairs = _ordered_pairs(ranks).to(s)
+        gain = 2**label  # G = 2^psi - 1; the -1 cancels in |G_i - G_j|
+        if weighting == "uniform":
+            weight = pairs
+        elif weighting in ("gain", "lambda"):
+            weight = pairs * (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs()
+        else:
+            raise ValueError(f"objective.weighting={weighting!r} is unknown; use lambda, gain or uniform.")
+        if weighting == "lambda":
+            inv_discount = 1 / torch.log2(1 + _positions(s, ranks).to(s))
+            weight = weight * (inv_discount.unsqueeze(-1) - inv_discount.unsqueeze(-2)).abs()
+    return ObjectiveOutput(losses=_pair_logistic(s, weight), metrics=listwise_metrics(s, policy.total(), ranks))
+
+
+def lipo_lambda(policy: LogLik, reference: LogLik | None, prefs: Preferences, *, beta: float = 0.1) -> ObjectiveOutput:
+    """LiPO-lambda (Liu et al. 2024, arXiv 2402.01878, Eq. 6): -sum_{psi_i > psi_j} Delta_ij logsig(s_i - s_j).
+
+    Delta_ij = |G_i - G_j| |1/D(tau_i) - 1/D(tau_j)|, gains G = 2^psi - 1, discount D(tau) = log2(1 + tau),
+    tau the 1-based position under the current scores (detached; ties go to the better label). The
+    paper writes log(1 + tau); base 2 is the DCG convention of LambdaLoss / TF-Ranking, which LiPO
+    builds on, and a change of base only rescales every weight by the same constant. Labels psi are
+    ``Preferences.scores`` when given, else K-1-rank. Summed over pairs, not normalised: at K = 2 it is
+    DPO times 1 - 1/log2(3) = 0.369.
+    """
+    return _lambda_rank(policy, reference, prefs, beta, "lambda")
+
+
+def rankdpo(
     policy: LogLik,
     reference: LogLik | None,
     prefs: Preferences,
     *,
     beta: float = 0.1,
+    weighting: Weighting = "lambda",
 ) -> ObjectiveOutput:
-    """LiPO-lambda (Liu et al. 2024, arXiv 2402.01878, Eq. 6) = RankDPO (Karthik et al. 2024, arXiv 2410.18013, Alg. 2).
+    """RankDPO (Karthik et al. 2024, arXiv 2410.18013, Alg. 2): DCG-weighted pairwise DPO over a ranked list.
 
-    -sum_{i better than j} Delta_ij logsigmoid(s_i - s_j), with the lambda weight
-    Delta_ij = |G_i - G_j| |1/D(tau_i) - 1/D(tau_j)|, gains G = 2^label, discount D(tau) = log2(1 + tau)
-    and tau the 1-based position under the current scores (detached). Labels are the scores when
-    given (RankDPO's soft scores), else K-1-rank (LiPO's graded labels). The weights are
-    normalised to sum to the number of ordered pairs, so the loss is on DPO's scale.
+    -sum_{i better than j} Delta_ij logsig(s_i - s_j) with gains 2^phi from the soft scores phi
+    (``Preferences.scores``, Syn-Pic's preference fractions in [0, 1]; K-1-rank without them) and the
+    positions tau under the current model scores, as :func:`lipo_lambda`. ``weighting``: ``lambda``
+    (Delta_ij, the paper), ``gain`` (|G_i - G_j| only) or ``uniform`` (every pair 1: summed all-pairs DPO),
+    the paper's ablation.
     """
-    ranks = prefs.ranking().to(policy.values.device)
-    s = beta * _implicit_reward(policy, reference)
-    label = prefs.scores.to(s) if prefs.scores is not None else (ranks.shape[1] - 1 - _dense(ranks)).to(s)
-    with torch.no_grad():
-        position = torch.argsort(torch.argsort(-s, dim=-1), dim=-1) + 1  # 1-based rank under current scores
-        inv_discount = 1 / torch.log2(1 + position.to(s))
-        gain = 2**label
-        weight = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * (
-            inv_discount.unsqueeze(-1) - inv_discount.unsqueeze(-2)
-        ).abs()
-        ordered = _ordered_pairs(ranks)
-        weight = weight * ordered
-        weight = weight * ordered.sum((-1, -2), keepdim=True) / weight.sum((-1, -2), keepdim=True).clamp_min(1e-12)
-    return ObjectiveOutput(
-        losses=_pair_logistic(s, weight, ordered), metrics=listwise_metrics(s, policy.total(), ranks)
-    )
+    return _lambda_rank(policy, reference, prefs, beta, weighting)
 
 
 def curry_dpo(
@@ -139,7 +176,8 @@ def curry_dpo(
         mask = dense.unsqueeze(-1) + 1 == dense.unsqueeze(-2)
     else:
         raise ValueError(f"objective.pairs={pairs!r} is unknown; use all, best_vs_rest or adjacent.")
-    return ObjectiveOutput(losses=_pair_logistic(s, mask, mask), metrics=listwise_metrics(s, policy.total(), ranks))
+    weight = mask / mask.sum((-1, -2), keepdim=True).clamp_min(1)
+    return ObjectiveOutput(losses=_pair_logistic(s, weight), metrics=listwise_metrics(s, policy.total(), ranks))
 
 
 def adpo(

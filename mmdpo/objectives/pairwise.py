@@ -7,10 +7,11 @@ applies the options shared by all pairwise losses:
   response's length count with weight alpha. ``ld_reference=True`` (default, as TRL >= 0.29)
   applies it to the reference too; ``False`` reproduces TRL <= 0.28 and LLaMA-Factory (policy only).
 - ``f_divergence`` f-DPO (Wang et al. 2023, arXiv 2309.16240, Thm. 1): the log-ratio r becomes
-  the score s = f'(pi/pi_ref): ``reverse_kl`` s = r (DPO), ``forward_kl`` s = -exp(-r),
-  ``js_divergence`` s = logsigmoid(r), ``alpha_divergence`` s = exp((alpha-1) r)/(alpha-1) with
-  ``f_alpha`` in TRL >= 0.29's convention (default 0.5; the paper's and TRL <= 0.28's alpha is
-  1 - f_alpha).
+  the score s = f'(pi/pi_ref): ``reverse_kl`` s = r (DPO), ``forward_kl`` s = 1 - exp(-r),
+  ``js_divergence`` s = log 2 + logsigmoid(r), ``alpha_divergence`` s = (exp((alpha-1) r) - 1)/(alpha-1)
+  with ``f_alpha`` in TRL >= 0.29's convention (default 0.5; the paper's and TRL <= 0.28's alpha is
+  1 - f_alpha). The constants cancel in s_w - s_l but not in the length-normalised losses (ipo,
+  sigmoid_norm), so they are kept, as in TRL.
 - ``wpo`` WPO (Zhou et al. 2024, arXiv 2406.11827, Eq. 6): each pair's loss is weighted by
   w(y_w) w(y_l), w(y) = exp(mean_t [log p_t - log sum_v p_v^2]), detached, unclamped (TRL >= 0.29).
 - ``sft_weight`` RPO (Pang et al. 2024, arXiv 2404.19733, Eq. 3): adds weight * (-log p(y_w)/|y_w|),
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -104,18 +106,18 @@ def length_desensitized(values: Tensor, mask: Tensor, public_len: Tensor, alpha:
 
 
 def f_score(r: Tensor, divergence: FDivergence, alpha: float) -> Tensor:
-    """f'(pi/pi_ref) expressed through the log-ratio r, constants dropped (f-DPO Thm. 1)."""
+    """f'(pi/pi_ref) expressed through the log-ratio r (f-DPO Thm. 1), constants kept as TRL does."""
     if divergence == "reverse_kl":
         return r
     if divergence == "forward_kl":
-        return -torch.exp(-r)
+        return -torch.expm1(-r)
     if divergence == "js_divergence":
-        return F.logsigmoid(r)
+        return math.log(2) + F.logsigmoid(r)
     if divergence == "alpha_divergence":
         if abs(alpha - 1.0) < 1e-6:
             return r
         limit = 11.0 if r.dtype == torch.float16 else 80.0
-        return torch.exp(((alpha - 1.0) * r).clamp(max=limit)) / (alpha - 1.0)
+        return torch.expm1(((alpha - 1.0) * r).float().clamp(max=limit)).to(r.dtype) / (alpha - 1.0)
     raise ValueError(
         f"objective.f_divergence={divergence!r} is unknown; "
         "use reverse_kl, forward_kl, js_divergence or alpha_divergence."
@@ -251,6 +253,11 @@ def pairwise(kernel: Kernel) -> Callable[..., ObjectiveOutput]:
 # --- kernels -----------------------------------------------------------------------------------
 
 
+def smoothed_logistic(z: Tensor, eps: float) -> Tensor:
+    """-(1 - eps) logsig(z) - eps logsig(-z): the logistic loss with a label flipped at rate eps (cDPO)."""
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
 def dpo(pair: Pair, *, beta: float = 0.1) -> Tensor:
     """DPO (Rafailov et al. 2023, arXiv 2305.18290, Eq. 7): -logsigmoid(beta * Delta)."""
     return -F.logsigmoid(beta * pair.margin)
@@ -262,8 +269,7 @@ def cdpo(pair: Pair, *, beta: float = 0.1, label_smoothing: float = 0.1) -> Tens
     Biased towards the finite margin (1/beta) log((1-eps)/eps); this is TRL <= 0.28's
     ``sigmoid`` with label smoothing, OpenRLHF's and torchtune's ``label_smoothing``.
     """
-    z = beta * pair.margin
-    return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return smoothed_logistic(beta * pair.margin, label_smoothing)
 
 
 def rdpo(pair: Pair, *, beta: float = 0.1, label_smoothing: float = 0.1) -> Tensor:
@@ -312,8 +318,7 @@ def simpo(pair: Pair, *, beta: float = 2.0, gamma_beta_ratio: float = 0.25, labe
     -logsig(beta (avg_w - avg_l) - gamma) with gamma = gamma_beta_ratio * beta; the official code's
     cDPO-style ``label_smoothing`` is kept. Implicit reward: beta * average log-likelihood.
     """
-    z = beta * (pair.avg_w - pair.avg_l - gamma_beta_ratio)
-    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    losses = smoothed_logistic(beta * (pair.avg_w - pair.avg_l - gamma_beta_ratio), label_smoothing)
     return losses, beta * pair.avg_w, beta * pair.avg_l
 
 
@@ -383,29 +388,29 @@ def sppo_hard(pair: Pair, *, beta: float = 0.1) -> Tensor:
     return (pair.r_w - 0.5 / beta) ** 2 + (pair.r_l + 0.5 / beta) ** 2
 
 
-def _smoothed_sigmoid(z: Tensor, eps: float) -> Tensor:
-    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
-
-
 def aot(pair: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0) -> Tensor:
-    """AOT, paired (Melnyk et al. 2024, arXiv 2406.05882, Eq. 11).
+    """AOT, paired (Melnyk et al. 2024, arXiv 2406.05882, Eq. 11), TRL's ``aot``.
 
-    the batch-sorted policy margins minus the sorted reference margins.
+    smoothed logistic of beta d, d = sort_B(logp_w - logp_l) - sort_B(ref_w - ref_l). The losses come
+    in sorted order, not the groups' order: only their mean (or sum) is meaningful.
     """
     d = torch.sort(pair.logp_w - pair.logp_l).values - torch.sort(pair.ref_w - pair.ref_l).values
-    return _smoothed_sigmoid(beta * d, label_smoothing)
+    return smoothed_logistic(beta * d, label_smoothing)
 
 
 def aot_unpaired(pair: Pair, *, beta: float = 0.1, label_smoothing: float = 0.0) -> Tensor:
-    """AOT, unpaired (Melnyk et al. 2024, arXiv 2406.05882, Eq. 10): sorted r_w minus sorted r_l over the batch."""
+    """AOT, unpaired (Melnyk et al. 2024, arXiv 2406.05882, Eq. 10), TRL's ``aot_unpaired``.
+
+    smoothed logistic of beta d, d = sort_B(r_w) - sort_B(r_l); losses in sorted order, as for :func:`aot`.
+    """
     d = torch.sort(pair.r_w).values - torch.sort(pair.r_l).values
-    return _smoothed_sigmoid(beta * d, label_smoothing)
+    return smoothed_logistic(beta * d, label_smoothing)
 
 
 def discopop(pair: Pair, *, beta: float = 0.1, tau: float = 0.05) -> Tensor:
     """DiscoPOP (Chris Lu et al. 2024, arXiv 2406.08414, Eq. 5).
 
-    a sigmoid(z/tau)-blend of logistic and exponential losses of z = beta Delta.
+    (1 - m)(-logsig z) + m exp(-z), with z = beta Delta and the mix m = sig(z / tau).
     """
     z = beta * pair.margin
     mix = torch.sigmoid(z / tau)
@@ -416,6 +421,8 @@ def triple_po(pair: Pair, *, beta: float = 0.01, alpha: float = 1.0):
     """Triple Preference Optimization (Saeidi et al. 2024, arXiv 2405.16681, Eq. 5), reference-free.
 
     -logsig(beta (logp_w - logp_l)) + alpha * NLL(gold)/|gold|, with the chosen response as the gold one.
+    Defaults are TRL's port (the official config uses beta = 0.1); TRL averages the NLL over all gold
+    tokens of the batch, this per pair (equal when the gold responses have equal lengths).
     """
     losses = -F.logsigmoid(beta * (pair.logp_w - pair.logp_l)) - alpha * pair.avg_w
     return losses, beta * pair.logp_w, beta * pair.logp_l
@@ -424,7 +431,8 @@ def triple_po(pair: Pair, *, beta: float = 0.01, alpha: float = 1.0):
 def asft(pair: Pair, *, beta: float = 0.1):
     """ASFT (Wang et al. 2024, arXiv 2409.10571, Eq. 8), reference-free and pointwise.
 
-    NLL(y_w)/|y_w| - beta [logsig(log odds(y_w)) + logsig(-log odds(y_l))], odds on average token probability.
+    NLL(y_w)/|y_w| - beta [logsig(log odds(y_w)) + logsig(-log odds(y_l))], odds on average token probability,
+    beta the paper's lambda; computed in fp32 as ORPO. Implicit reward: beta * average log-likelihood.
     """
     avg_w, avg_l = pair.avg_w.float(), pair.avg_l.float()
     odds_w, odds_l = avg_w - log1mexp(avg_w), avg_l - log1mexp(avg_l)
@@ -435,23 +443,44 @@ def asft(pair: Pair, *, beta: float = 0.1):
 # --- pairwise objectives that read more than the Pair ----------------------------------------------
 
 
+def madpo_weight(h: Tensor, c_max: float, c_min: float, lam: float, tau: float) -> Tensor:
+    """MADPO's instance weight w(h) of a reward-model margin h (official ``MADPOLoss.coef`` and weights).
+
+    c(|h|) = c_min + (c_max - c_min) / (1 + (c_max - 1)/(1 - c_min) exp(lam (|h| - tau))) runs from
+    about c_max (small |h|) through 1 (|h| = tau) to c_min (large |h|); w = sig(c h) / sig(h) for
+    h > -tau, else 1.
+    """
+    if not c_min < 1 < c_max:
+        raise ValueError(f"objective.c_min={c_min} and objective.c_max={c_max} must satisfy c_min < 1 < c_max.")
+    c = c_min + (c_max - c_min) / (1 + (c_max - 1) / (1 - c_min) * torch.exp(lam * (h.abs() - tau)))
+    return torch.where(h > -tau, torch.sigmoid(c * h) / torch.sigmoid(h), torch.ones_like(h))
+
+
 def madpo(
-    policy: LogLik, reference: LogLik, prefs: Preferences, *, beta: float = 0.1, margin_scale: float = 1.0
+    policy: LogLik,
+    reference: LogLik,
+    prefs: Preferences,
+    *,
+    beta: float = 0.1,
+    c_max: float = 2.0,
+    c_min: float = 0.5,
+    lam: float = 1.0,
+    tau: float = 2.0,
 ) -> ObjectiveOutput:
-    """Margin-adaptive DPO (Rho 2025, arXiv 2510.05342, Sec. 3).
+    """Margin-adaptive DPO (Rho 2025, arXiv 2510.05342, Sec. 3): -w(h) logsig(beta Delta).
 
-    DPO with a per-pair weight from a reward model's margin.
-
-    h = score(y_w) - score(y_l) from ``Preferences.scores``; weight 2 sigmoid(-margin_scale h) is 1 at
-    h = 0, grows for hard (low or negative margin) pairs and shrinks for easy ones.
+    h = score(y_w) - score(y_l) is a reward model's margin from ``Preferences.scores``; the weight
+    :func:`madpo_weight` is the official code's (sirano1004/Margin-Apative-Direct-Preference-Optimization,
+    ``utils/loss_functions.py``, whose constructor defaults are used here; its notebooks set
+    tau = ln 999). w(0) = 1; it amplifies low-margin pairs (0 < h < tau, w > 1) and dampens easy ones
+    (h > tau, w < 1).
     """
     if prefs.scores is None:
         raise ValueError("objective madpo needs reward-model scores: Preferences(scores=...) / a scores column.")
     pair, w, l = build_pair(policy, reference, prefs)
     scores = prefs.scores.to(pair.logp_w)
-    weight = 2 * torch.sigmoid(-margin_scale * (take(scores, w) - take(scores, l)))
-    losses = weight * dpo(pair, beta=beta)
-    return ObjectiveOutput(losses=losses, metrics=pair_metrics(pair, beta))
+    weight = madpo_weight(take(scores, w) - take(scores, l), c_max, c_min, lam, tau)
+    return ObjectiveOutput(losses=weight * dpo(pair, beta=beta), metrics=pair_metrics(pair, beta))
 
 
 def modpo(
@@ -496,23 +525,25 @@ def beta_dpo(
 ) -> ObjectiveOutput:
     """beta-DPO (Wu et al. 2024, arXiv 2407.08639, Eq. 7-9): batch-adaptive beta and data filtering.
 
-    Gaps M_i = Delta_i keep EMA statistics (mean M0, std sigma; ``momentum``). Pairs are kept by
-    weight exp(-((M_i - M0)/sigma)^2 / 2): the top (1 - rho) fraction, deterministically (the paper
-    samples). beta_batch = beta (1 + alpha (mean kept M - M0)), detached, at least 1e-3. Stateful:
-    pass the returned ``state`` to the next call.
+    As the official code (junkangwu/beta-DPO ``preference_loss``): the gaps M_i = Delta_i update EMA
+    statistics (mean M0, unbiased std sigma; ``momentum``; zero at the start) before use; pairs are kept
+    by weight exp(-((M_i - M0)/sigma)^2 / 2), here deterministically the top (1 - rho) fraction (the
+    paper samples them without replacement); beta_batch = beta (1 + alpha (mean kept M - M0)), detached,
+    at least 1e-3; the loss is -logsig(beta_batch Delta) averaged over the kept pairs (dropped pairs get
+    0, kept ones are scaled by B / kept so the batch mean is that average). Pass the returned ``state``
+    to the next call; ``gap_mean`` / ``gap_std`` are logged as the official code does.
     """
     pair, _, _ = build_pair(policy, reference, prefs)
     gap = pair.margin.detach()
-    if state is None:
-        mean, std = gap.mean(), gap.std(unbiased=False).clamp_min(1e-6)
-    else:
-        mean = momentum * state["mean"].to(gap) + (1 - momentum) * gap.mean()
-        std = momentum * state["std"].to(gap) + (1 - momentum) * gap.std(unbiased=False).clamp_min(1e-6)
+    previous = state or {"mean": torch.zeros_like(gap[0]), "std": torch.zeros_like(gap[0])}
+    batch_std = gap.std() if gap.numel() > 1 else torch.zeros_like(gap[0])
+    mean = momentum * previous["mean"].to(gap) + (1 - momentum) * gap.mean()
+    std = momentum * previous["std"].to(gap) + (1 - momentum) * batch_std
     keep_n = max(1, round((1 - rho) * gap.numel()))
     keep = torch.zeros_like(gap, dtype=torch.bool)
-    keep[torch.topk(-(((gap - mean) / std) ** 2), keep_n).indices] = True
+    # the largest weights exp(-((M - M0)/sigma)^2 / 2) are the smallest |M - M0| for any sigma > 0, without underflow
+    keep[torch.topk(-(gap - mean).abs(), keep_n).indices] = True
     beta_batch = (beta * (1 + alpha * (gap[keep].mean() - mean))).clamp_min(1e-3)
-    losses = dpo(pair, beta=float(beta_batch)) * keep
-    metrics = pair_metrics(pair, beta)
-    metrics["beta"] = beta_batch
+    losses = -F.logsigmoid(beta_batch * pair.margin) * keep * (gap.numel() / keep_n)
+    metrics = {**pair_metrics(pair, beta), "beta": beta_batch, "gap_mean": mean, "gap_std": std}
     return ObjectiveOutput(losses=losses, metrics=metrics, state={"mean": mean, "std": std})
