@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmdpo.adapters.logprobs import selected_logprobs
 from mmdpo.objectives import LogLik, Preferences
+from mmdpo.training.reference import adapter_disabled, frozen_copy
 
 Layout = Literal["shared", "concat"]
 
@@ -409,8 +410,6 @@ class LLMAdapter:
         self.scorer = CausalLMScorer(model, chunk_size=chunk_size, wpo=wpo)
         self.reference_scorer = None
         if reference == "copy":
-            from mmdpo.training.reference import frozen_copy
-
             self.reference_scorer = CausalLMScorer(frozen_copy(model, reference_dtype), chunk_size=chunk_size)
 
     @classmethod
@@ -479,8 +478,6 @@ class LLMAdapter:
             return batch.reference_values
         with torch.no_grad():
             if self.reference_kind == "adapter":
-                from mmdpo.training.reference import adapter_disabled
-
                 with adapter_disabled(self.scorer.model):
                     return self.scorer(**batch.model_inputs())[0]
             return self.reference_scorer(**batch.model_inputs())[0]

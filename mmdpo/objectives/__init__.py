@@ -39,6 +39,9 @@ OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
 REFERENCE_FREE = frozenset({"simpo", "orpo", "triple_po", "asft"})
 """Objectives that never read the reference: the trainer skips the reference pass for them."""
 
+BATCH_SORTED = frozenset({"aot", "aot_unpaired"})
+"""Objectives whose per-group losses come back in sorted order, not the batch's."""
+
 # Hyperparameter defaults that differ from the kernel's own, per registered name.
 PRESETS: dict[str, dict[str, Any]] = {"rpo": {"sft_weight": 1.0}, "apo_zero_unpaired": {"kl": False}}
 
@@ -74,6 +77,10 @@ class Objective:
         extra = {"state": state} if self.stateful else {}
         out = OBJECTIVES[self.name](policy, reference, prefs, **self.hparams, **extra)
         if prefs.weights is not None:
+            if self.name in BATCH_SORTED:
+                raise ValueError(
+                    f"objective {self.name!r} sorts margins over the batch, so per-group weights cannot apply."
+                )
             out.losses = out.losses * prefs.weights.to(out.losses)
         return out
 

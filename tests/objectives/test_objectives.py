@@ -431,3 +431,11 @@ def test_pairwise_objectives_refuse_ties_and_long_lists():
         call("dpo", policy, reference, mask, Preferences(ranks=torch.zeros(5, 2, dtype=torch.long)))
     with pytest.raises(ValueError, match="K = 3"):
         call("dpo", *batch(6, k=3)[:3], Preferences(ranks=torch.tensor([[0, 1, 2]] * 5)))
+
+
+@pytest.mark.parametrize("name", ["aot", "aot_unpaired"])
+def test_batch_sorted_objectives_refuse_per_group_weights(name):
+    policy, reference, mask, prefs, _ = batch(7)
+    weighted = Preferences(ranks=prefs.ranks, weights=torch.ones(5))
+    with pytest.raises(ValueError, match="per-group weights"):
+        call(name, policy, reference, mask, weighted)
