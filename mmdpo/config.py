@@ -26,19 +26,37 @@ class ConfigError(ValueError):
 
 @dataclass
 class LoraSection:
-    """LoRA through peft; ``target_modules: all-linear`` adapts every linear layer but the output head."""
+    """LoRA through peft. ``target_modules`` defaults per modality: every linear layer but the output head
+    (``all-linear``) for LLMs, the attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) for UNets."""
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    target_modules: str | list[str] | None = None
+
+
+@dataclass
+class NoisingSection:
+    """Text-to-image: how x_t and the target are drawn (see :mod:`mmdpo.adapters.diffusion`).
+
+    ``forward`` (Diffusion-DPO), ``ddim_inversion`` (InPO: steps 10, eta 0.1) or ``renoise_inversion``
+    (SmPO: steps 10 for SDXL, 5 for SD1.5)."""
+
+    kind: Literal["forward", "ddim_inversion", "renoise_inversion"] = "forward"
+    steps: int = 10
+    eta: float = 0.0
 
 
 @dataclass
 class ModelSection:
-    """What to train. ``path`` is a local directory, a hub id, or ``tiny:<arch>`` (a random model built in memory)."""
+    """What to train. ``path`` is a local directory, a hub id, or ``tiny:<arch>`` (a random model built in memory:
+    ``tiny:llama``, ``tiny:qwen2``, ``tiny:mistral``, ``tiny:sd15``, ``tiny:sdxl``).
+
+    ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image,
+    anything else a causal LM. The fields after ``trust_remote_code`` apply to text-to-image models only."""
 
     path: str = "tiny:llama"
+    modality: Literal["auto", "llm", "text_to_image"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     lora: LoraSection | None = None
@@ -48,11 +66,19 @@ class ModelSection:
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    noising: NoisingSection = field(default_factory=NoisingSection)
+    prompt_dropout: float = 0.0
+    latents: Literal["sample", "mean"] = "sample"
+    vae_path: str | None = None
+    vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass
 class DataSection:
-    """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task)."""
+    """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task).
+
+    ``resolution``, ``crop`` and ``flip`` (probability of a horizontal flip) are the image transform of
+    text-to-image data, applied identically to every candidate of a group."""
 
     path: str = "toy"
     format: str = "auto"
@@ -64,6 +90,9 @@ class DataSection:
     pairs: Literal["none", "all", "best_vs_rest", "adjacent", "best_vs_worst"] = "none"
     cache_dir: str | None = None
     num_workers: int = 2
+    resolution: int = 512
+    crop: Literal["center", "random"] = "center"
+    flip: float = 0.0
 
 
 @dataclass
@@ -255,6 +284,43 @@ def validate(config: Config) -> None:
         raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
     if not 0 <= config.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
+    if modality(model) == "text_to_image":
+        if model.reference == "precomputed":
+            raise ConfigError(
+                "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "
+                "use; pick adapter (with model.lora), copy or none."
+            )
+        if not 0 <= model.prompt_dropout < 1:
+            raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
+        return
+    for where, section, names in (("model", model, IMAGE_MODEL_FIELDS), ("data", config.data, IMAGE_DATA_FIELDS)):
+        for name in names:
+            if getattr(section, name) != getattr(type(section)(), name):
+                raise ConfigError(
+                    f"{where}.{name} applies to text-to-image models only, but model.path={model.path!r} is a "
+                    "causal LM; remove it (or set model.modality=text_to_image if the path is a diffusers pipeline)."
+                )
+
+
+IMAGE_MODEL_FIELDS = ("noising", "prompt_dropout", "latents", "vae_path", "vae_dtype")
+IMAGE_DATA_FIELDS = ("resolution", "crop", "flip")
+
+
+def modality(model: ModelSection) -> str:
+    """``llm`` or ``text_to_image``: as configured, or read from the path (a diffusers pipeline has a model index)."""
+    if model.modality != "auto":
+        return model.modality
+    path = model.path
+    if path.startswith("tiny:"):
+        return "text_to_image" if path in ("tiny:sd15", "tiny:sdxl") else "llm"
+    if Path(path).exists():
+        return "text_to_image" if (Path(path) / "model_index.json").is_file() else "llm"
+    from huggingface_hub import file_exists
+
+    try:
+        return "text_to_image" if file_exists(path, "model_index.json") else "llm"
+    except (OSError, ValueError):  # offline or not a repo id: the loader reports what is wrong with the path
+        return "llm"
 
 
 def resolved_reference(config: Config) -> str:

@@ -435,7 +435,7 @@ class LLMAdapter:
                     r=lora.r,
                     lora_alpha=lora.alpha,
                     lora_dropout=lora.dropout,
-                    target_modules=lora.target_modules,
+                    target_modules=lora.target_modules or "all-linear",
                     task_type="CAUSAL_LM",
                 ),
             )
@@ -466,24 +466,36 @@ class LLMAdapter:
             attention=self.attention,
         )
 
-    to_loglik = staticmethod(to_loglik)
+    def inputs(self, batch: LLMBatch, generator: torch.Generator | None = None) -> dict[str, Tensor | None]:
+        """The forward inputs of a batch (token scoring draws no randomness, so ``generator`` is unused)."""
+        return batch.model_inputs()
 
-    def reference(self, batch: LLMBatch) -> Tensor | None:
-        """Reference per-token log-probs ``[B, K(+1), T]`` for a batch, or None when reference-free."""
+    def policy_loglik(self, scorer: nn.Module, batch: LLMBatch, inputs: dict[str, Tensor | None]) -> LogLik:
+        """Per-token policy log-probs through ``scorer`` (the prepared, possibly wrapped, :attr:`scorer`)."""
+        values, aligned = scorer(**inputs)
+        return to_loglik(values, batch, aligned)
+
+    def reference_loglik(self, batch: LLMBatch, inputs: dict[str, Tensor | None]) -> LogLik | None:
+        """Reference per-token log-probs of a batch, or None when reference-free."""
         if self.reference_kind == "none":
             return None
         if self.reference_kind == "precomputed":
             if batch.reference_values is None:
                 raise ValueError("model.reference=precomputed but the batch carries no reference_logps.")
-            return batch.reference_values
+            return to_loglik(batch.reference_values, batch)
         with torch.no_grad():
             if self.reference_kind == "adapter":
                 with adapter_disabled(self.scorer.model):
-                    return self.scorer(**batch.model_inputs())[0]
-            return self.reference_scorer(**batch.model_inputs())[0]
+                    return to_loglik(self.scorer(**inputs)[0], batch)
+            return to_loglik(self.reference_scorer(**inputs)[0], batch)
 
-    def save(self, model: nn.Module, directory: str | Path) -> None:
+    @property
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules the trainer moves to the device but never optimises."""
+        return [] if self.reference_scorer is None else [self.reference_scorer]
+
+    def save(self, scorer: CausalLMScorer, directory: str | Path) -> None:
         """The adapter (peft) or full model plus the tokenizer, loadable with peft/transformers as they are."""
         directory = Path(directory)
-        model.save_pretrained(directory)
+        scorer.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)

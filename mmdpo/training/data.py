@@ -1,4 +1,5 @@
-"""From the ``data`` config section to tokenised train and eval datasets (plus reference values when precomputed)."""
+"""From the ``data`` config section to train and eval datasets: tokenised text groups (plus reference values when
+precomputed), or image groups whose images are checked once and decoded per batch."""
 
 from __future__ import annotations
 
@@ -82,3 +83,30 @@ def prepare_datasets(
         train_ds = attach(train_ds)
         eval_ds = None if eval_ds is None else attach(eval_ds)
     return train_ds, eval_ds, dict(skipped)
+
+
+def prepare_image_datasets(config: Config) -> tuple[Dataset, Dataset | None, dict[str, int]]:
+    """Load image groups, check every image once, split; each row gets ``row_index`` (seeds its transform)."""
+    from mmdpo.data.images import check_images, load_image_groups
+
+    data = config.data
+    if data.path == "toy":
+        raise ValueError("data.path=toy is the text task; give text-to-image training a dataset path.")
+
+    def load(path: str) -> GroupSet:
+        groups = load_image_groups(
+            path, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
+        )
+        return check_images(groups, data.bad_rows)
+
+    groups = load(data.path)
+    if data.eval_path is not None:
+        train_set, eval_set = groups, load(data.eval_path)
+    else:
+        train_set, eval_set = train_eval_split(groups, data.eval_fraction, seed=config.train.seed)
+    skipped = Counter(train_set.skipped) + Counter({} if eval_set is None else eval_set.skipped)
+
+    def indexed(ds: Dataset) -> Dataset:
+        return ds.add_column("row_index", list(range(len(ds))))
+
+    return indexed(train_set.dataset), None if eval_set is None else indexed(eval_set.dataset), dict(skipped)

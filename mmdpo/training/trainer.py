@@ -27,12 +27,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from mmdpo.adapters.llm import LLMAdapter
 from mmdpo.config import Config, resolved_reference
 from mmdpo.objectives import Objective, get_objective
 from mmdpo.training import checkpoint
-from mmdpo.training.data import prepare_datasets
 from mmdpo.training.logs import RunLog, plot_curves
+from mmdpo.training.setup import set_up
 
 
 @dataclass
@@ -65,23 +64,35 @@ def micro_batches(
     epoch, offset = divmod(start_step * tc.grad_accum, per_epoch * tc.grad_accum)
     while True:
         order = epoch_batches(len(dataset), tc.batch_size, world, rank, tc.seed, epoch)[: per_epoch * tc.grad_accum]
-        yield from DataLoader(dataset, batch_sampler=order[offset:], collate_fn=collate_fn, num_workers=num_workers)
+        collate = partial(collate_fn, epoch=epoch)
+        yield from DataLoader(dataset, batch_sampler=order[offset:], collate_fn=collate, num_workers=num_workers)
         epoch, offset = epoch + 1, 0
 
 
+def noise_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    """The seed of one micro-batch's randomness (diffusion noise, timesteps, dropout), a pure function of where
+    it falls, so a resumed run draws exactly what the uninterrupted run drew."""
+    return ((seed * 1_000_003 + rank) * 1_000_003 + step) * 1_009 + micro
+
+
 class Step:
-    """Computes one micro-batch's objective output from the policy, the reference and the labels."""
+    """Computes one micro-batch's objective output from the policy, the reference and the labels.
 
-    def __init__(self, objective: Objective, scorer, reference: Callable, to_loglik: Callable, autocast: Callable):
-        self.objective, self.scorer, self.reference, self.to_loglik = objective, scorer, reference, to_loglik
-        self.autocast = autocast
+    The adapter prepares the inputs once (for diffusion: encodings, one noise draw per group), so the
+    reference and the policy see the same randomness; the reference runs first, without gradients.
+    """
 
-    def __call__(self, batch, state: dict | None):
-        with self.autocast():  # the reference is not a prepared module, so it gets no autocast of its own
-            ref_values = self.reference(batch)  # reference before policy, no gradients
-        values, aligned = self.scorer(**batch.model_inputs())
-        reference = None if ref_values is None else self.to_loglik(ref_values, batch)
-        return self.objective(self.to_loglik(values, batch, aligned), reference, batch.prefs, state)
+    def __init__(self, objective: Objective, adapter, scorer, autocast: Callable, device: torch.device):
+        self.objective, self.adapter, self.scorer, self.autocast = objective, adapter, scorer, autocast
+        self.generator = torch.Generator(device)
+
+    def __call__(self, batch, state: dict | None, seed: int):
+        self.generator.manual_seed(seed)
+        with self.autocast():  # the adapter's frozen parts are not prepared modules, so they get no autocast
+            inputs = self.adapter.inputs(batch, self.generator)
+            reference = self.adapter.reference_loglik(batch, inputs)
+        policy = self.adapter.policy_loglik(self.scorer, batch, inputs)
+        return self.objective(policy, reference, batch.prefs, state)
 
 
 def _mean_metrics(records: list[dict[str, torch.Tensor]], accelerator: Accelerator) -> dict[str, float]:
@@ -91,12 +102,14 @@ def _mean_metrics(records: list[dict[str, torch.Tensor]], accelerator: Accelerat
     return {k: float(v) for k, v in zip(keys, stacked)}
 
 
-def evaluate(step_fn: Step, loader: DataLoader, accelerator: Accelerator, state: dict | None) -> dict[str, float]:
-    """Objective metrics averaged over held-out groups, without gradients."""
+def evaluate(
+    step_fn: Step, loader: DataLoader, accelerator: Accelerator, state: dict | None, seed: int
+) -> dict[str, float]:
+    """Objective metrics averaged over held-out groups, without gradients, with the same noise every time."""
     records = []
     with torch.no_grad():
-        for batch in loader:
-            out = step_fn(batch.to(accelerator.device), state)
+        for index, batch in enumerate(loader):
+            out = step_fn(batch.to(accelerator.device), state, noise_seed(seed, accelerator.process_index, 0, index))
             records.append({"loss": out.loss.detach(), **out.metrics})
     return {f"eval/{k}": v for k, v in _mean_metrics(records, accelerator).items()} if records else {}
 
@@ -110,12 +123,8 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
     objective = get_objective(config.objective.name, **config.objective.hparams)
     reference_kind = resolved_reference(config)
 
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
-    llm = LLMAdapter.from_config(
-        config.model, reference_kind, wpo=bool(config.objective.hparams.get("wpo")), reference_dtype=half
-    )
-    collate_fn = partial(llm.collate, mismatched=objective.name == "kto" and objective.hparams.get("kl", True))
-    train_ds, eval_ds, skipped = prepare_datasets(config, llm, accelerator, reference_kind)
+    setup = set_up(config, accelerator, objective, reference_kind)
+    adapter, train_ds, eval_ds, skipped = setup.adapter, setup.train, setup.eval, setup.skipped
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = len(epoch_batches(len(train_ds), tc.batch_size, world, rank, tc.seed, 0)) // tc.grad_accum
@@ -126,15 +135,15 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         )
     total_steps = tc.max_steps or per_epoch * tc.epochs
 
-    params = [p for p in llm.scorer.parameters() if p.requires_grad]
+    params = [p for p in adapter.scorer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, fused=accelerator.device.type == "cuda"
     )
     schedule = get_scheduler(tc.scheduler, optimizer, int(tc.warmup_ratio * total_steps), total_steps)
-    scorer, optimizer = accelerator.prepare(llm.scorer, optimizer)
-    if llm.reference_scorer is not None:
-        llm.reference_scorer.to(accelerator.device)
-    step_fn = Step(objective, scorer, llm.reference, llm.to_loglik, accelerator.autocast)
+    scorer, optimizer = accelerator.prepare(adapter.scorer, optimizer)
+    for module in adapter.frozen_modules:
+        module.to(accelerator.device)
+    step_fn = Step(objective, adapter, scorer, accelerator.autocast, accelerator.device)
 
     eval_loader = None
     if eval_ds is not None and len(eval_ds):
@@ -144,7 +153,9 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
                 "raise data.eval_fraction or set it to 0."
             )
         shard = list(range(rank, len(eval_ds), world))
-        eval_loader = DataLoader(eval_ds.select(shard), batch_size=tc.batch_size, collate_fn=collate_fn)
+        eval_loader = DataLoader(
+            eval_ds.select(shard), batch_size=tc.batch_size, collate_fn=partial(setup.collate, epoch=0)
+        )
 
     state = {"step": 0, "objective_state": None}
     log = RunLog(output_dir, tensorboard=tc.tensorboard and accelerator.is_main_process)
@@ -159,12 +170,12 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
 
     result = RunResult(output_dir=output_dir, final_dir=output_dir / "final", steps=total_steps, skipped=skipped)
     if eval_loader is not None and state["step"] == 0:
-        result.eval_before = evaluate(step_fn, eval_loader, accelerator, state["objective_state"])
+        result.eval_before = evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed)
         if accelerator.is_main_process:
             log.write(0, result.eval_before)
 
     batches = micro_batches(
-        train_ds, collate_fn, tc, world=world, rank=rank, per_epoch=per_epoch, start_step=state["step"],
+        train_ds, setup.collate, tc, world=world, rank=rank, per_epoch=per_epoch, start_step=state["step"],
         num_workers=config.data.num_workers,
     )  # fmt: skip
     bar = tqdm(
@@ -182,7 +193,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
             batch = next(batches).to(accelerator.device)
             sync = accelerator.no_sync(scorer) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
             with sync:
-                out = step_fn(batch, state["objective_state"])
+                out = step_fn(batch, state["objective_state"], noise_seed(tc.seed, rank, step, micro))
                 nonfinite |= ~torch.isfinite(out.loss.detach())  # checked when the host syncs anyway
                 accelerator.backward(out.loss / tc.grad_accum)
             state["objective_state"] = out.state
@@ -204,9 +215,9 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
             pending, grad_norms = [], []
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('rewards/accuracies', float('nan')):.2f}")
             if eval_loader is not None and tc.eval_every and step % tc.eval_every == 0 and step != total_steps:
-                metrics.update(evaluate(step_fn, eval_loader, accelerator, state["objective_state"]))
+                metrics.update(evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed))
             if step == total_steps and eval_loader is not None:
-                result.eval_after = evaluate(step_fn, eval_loader, accelerator, state["objective_state"])
+                result.eval_after = evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed)
                 metrics.update(result.eval_after)
             if accelerator.is_main_process:
                 log.write(step, metrics)
@@ -220,7 +231,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        llm.save(accelerator.unwrap_model(scorer).model, result.final_dir)
+        adapter.save(accelerator.unwrap_model(scorer), result.final_dir)
         (output_dir / "summary.json").write_text(
             json.dumps(
                 {"eval_before": result.eval_before, "eval_after": result.eval_after, "skipped": skipped}, indent=2

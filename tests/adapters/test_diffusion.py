@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from peft import LoraConfig
 
-from mmdpo.adapters.diffusion import denoising_loglik, draw_noise, drop_conditions
+from mmdpo.adapters.diffusion import denoising_loglik, draw_noise, drop_conditions, noise_latents
 from mmdpo.objectives import LogLik, Preferences, get_objective
 from mmdpo.training.reference import adapter_disabled
 
@@ -43,7 +43,7 @@ def test_matches_the_diffusers_training_loss(batch, prediction_type):
     latents, text = batch
     unet, sched = tiny_unet(), scheduler(prediction_type)
     draw = draw_noise(latents, 1000, torch.Generator().manual_seed(2))
-    loglik = denoising_loglik(denoiser(unet), latents, sched, draw, encoder_hidden_states=text)
+    loglik = denoising_loglik(denoiser(unet), noise_latents(latents, sched, draw), encoder_hidden_states=text)
     for g in range(3):
         for k in range(2):
             x0, t = latents[g, k : k + 1], draw.timesteps[g : g + 1]
@@ -63,7 +63,7 @@ def test_noise_and_timestep_are_shared_within_a_group_and_differ_across_groups(b
     same = latents[:, :1].expand(-1, 2, -1, -1, -1)  # both candidates of each group identical
     draw = draw_noise(same, 1000, torch.Generator().manual_seed(3))
     assert draw.timesteps.shape == (3,) and draw.noise.shape == (3, 4, 8, 8)
-    loglik = denoising_loglik(denoiser(tiny_unet()), same, scheduler(), draw, encoder_hidden_states=text)
+    loglik = denoising_loglik(denoiser(tiny_unet()), noise_latents(same, scheduler(), draw), encoder_hidden_states=text)
     torch.testing.assert_close(loglik.values[:, 0], loglik.values[:, 1])
     assert len(set(draw.timesteps.tolist())) > 1 and not torch.allclose(draw.noise[0], draw.noise[1])
     again = draw_noise(same, 1000, torch.Generator().manual_seed(3))  # a seeded generator reproduces the draw
@@ -82,8 +82,12 @@ def test_lora_disabled_reference_gives_ln2_then_learns_a_margin(batch):
 
     def score():
         with torch.no_grad(), adapter_disabled(unet):
-            reference = denoising_loglik(denoiser(unet), latents, sched, draw, encoder_hidden_states=text)
-        return denoising_loglik(denoiser(unet), latents, sched, draw, encoder_hidden_states=text), reference
+            reference = denoising_loglik(
+                denoiser(unet), noise_latents(latents, sched, draw), encoder_hidden_states=text
+            )
+        return denoising_loglik(
+            denoiser(unet), noise_latents(latents, sched, draw), encoder_hidden_states=text
+        ), reference
 
     policy, reference = score()
     out = dpo(policy, reference, prefs)
@@ -114,9 +118,11 @@ def test_beta_5000_reproduces_the_official_and_the_diffusers_sd15_losses():
 
 
 def test_prompt_dropout_is_decided_per_group():
-    text, empty = torch.ones(64, 5, 8), torch.zeros(5, 8)
-    dropped = drop_conditions(text, empty, 0.5, torch.Generator().manual_seed(6))
-    per_group = dropped.flatten(1)
-    assert ((per_group == 0).all(1) | (per_group == 1).all(1)).all()  # whole groups, never parts
-    assert 10 < int((per_group == 0).all(1).sum()) < 54
-    assert torch.equal(drop_conditions(text, empty, 0.0), text)
+    conditions = {"encoder_hidden_states": torch.ones(64, 5, 8), "text_embeds": torch.ones(64, 3)}
+    empty = {"encoder_hidden_states": torch.zeros(1, 5, 8), "text_embeds": torch.zeros(1, 3)}
+    dropped = drop_conditions(conditions, empty, 0.5, torch.Generator().manual_seed(6))
+    states, pooled = dropped["encoder_hidden_states"].flatten(1), dropped["text_embeds"]
+    assert ((states == 0).all(1) | (states == 1).all(1)).all()  # whole groups, never parts
+    assert torch.equal((states == 0).all(1), (pooled == 0).all(1))  # every condition of a group drops together
+    assert 10 < int((states == 0).all(1).sum()) < 54
+    assert drop_conditions(conditions, empty, 0.0) is conditions

@@ -1,0 +1,419 @@
+"""Text-to-image adapter: SD1.5- and SDXL-style latent diffusion models from diffusers.
+
+    model = load_text_to_image("stabilityai/stable-diffusion-xl-base-1.0")   # or a local dir, tiny:sd15, tiny:sdxl
+    adapter = TextToImageAdapter(model, reference="adapter", lora=LoraSection(r=8))
+
+Per micro-batch the adapter encodes images (VAE) and prompts (CLIP; SDXL: both encoders' penultimate hidden
+states concatenated, the second's pooled output, and ``time_ids`` from each group's original size, crop and
+target size) unless the batch comes from the encode cache, drops prompts per group, draws one timestep and
+noise per group, noises (or inverts) the latents, and scores policy and reference with
+:func:`~mmdpo.adapters.diffusion.denoising_loglik`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
+from torch import Tensor, nn
+
+from mmdpo.adapters.diffusion import Noised, Noising, denoising_loglik, draw_noise, drop_conditions, noise_latents
+from mmdpo.objectives import LogLik, Preferences
+from mmdpo.training.reference import adapter_disabled, frozen_copy
+
+UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+"""The attention projections the diffusers LoRA scripts adapt; ``pipe.load_lora_weights`` expects these."""
+
+
+@dataclass
+class TextToImageModel:
+    """The diffusers/transformers parts of an SD-style pipeline that training touches."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: list[nn.Module]
+    tokenizers: list[Any]
+    scheduler: DDPMScheduler
+    sampling_scheduler: SchedulerMixin | None = None
+    """The pipeline's own scheduler (what generation and saved pipelines use); DDIM from ``scheduler`` if None."""
+
+    @property
+    def sdxl(self) -> bool:
+        """SDXL-style micro-conditioning (pooled text embeddings and ``time_ids``)."""
+        return self.unet.config.addition_embed_type == "text_time"
+
+
+def load_text_to_image(path: str, dtype: torch.dtype = torch.float32) -> TextToImageModel:
+    """The UNet, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler of a pipeline.
+
+    ``path`` is a local diffusers pipeline directory, a hub id (downloaded only when the network allows it), or
+    ``tiny:sd15`` / ``tiny:sdxl`` (random models built in memory). Only these parts load (no safety checker).
+    """
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    from mmdpo.adapters.tiny import tiny_text_to_image
+
+    if path.startswith("tiny:"):
+        parts = tiny_text_to_image(path.removeprefix("tiny:"))
+        parts["unet"] = parts["unet"].to(dtype)
+        return TextToImageModel(**parts)
+    try:
+        index = _model_index(path)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        sampling_config = DDPMScheduler.load_config(path, subfolder="scheduler")
+        sampling_scheduler = getattr(diffusers, sampling_config["_class_name"]).from_config(sampling_config)
+        text_encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder")]
+        tokenizers = [AutoTokenizer.from_pretrained(path, subfolder="tokenizer")]
+        if index.get("text_encoder_2", [None])[0] is not None:
+            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2"))
+            tokenizers.append(AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2"))
+    except (OSError, ValueError) as err:  # ValueError: not even a valid hub id
+        raise FileNotFoundError(
+            f"model.path={path!r} is neither a local diffusers pipeline directory nor a reachable hub id ({err})."
+        ) from err
+    return TextToImageModel(unet, vae, text_encoders, tokenizers, scheduler, sampling_scheduler)
+
+
+def _model_index(path: str) -> dict[str, Any]:
+    local = Path(path) / "model_index.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(path, "model_index.json")).read_text())
+
+
+# --- encoding --------------------------------------------------------------------------------------
+
+
+def tokenize_prompts(tokenizers: Sequence[Any], prompts: Sequence[str]) -> list[Tensor]:
+    """Padded input ids ``[B, L]`` per tokenizer (CLIP pads to its ``model_max_length``, 77)."""
+    return [
+        tok(
+            list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        for tok in tokenizers
+    ]
+
+
+@torch.no_grad()
+def encode_prompts(text_encoders: Sequence[nn.Module], input_ids: Sequence[Tensor]) -> dict[str, Tensor]:
+    """``encoder_hidden_states`` (and SDXL's pooled ``text_embeds``), as the diffusers pipelines compute them.
+
+    One encoder (SD1.5): its last hidden state. Two (SDXL): both penultimate hidden states concatenated, and
+    the second encoder's projected pooled output.
+    """
+    if len(text_encoders) == 1:
+        encoder = text_encoders[0]
+        return {"encoder_hidden_states": encoder(input_ids[0].to(encoder.device))[0]}
+    states, pooled = [], None
+    for encoder, ids in zip(text_encoders, input_ids):
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled = out[0]
+    return {"encoder_hidden_states": torch.cat(states, dim=-1), "text_embeds": pooled}
+
+
+@torch.no_grad()
+def encode_images(
+    vae: AutoencoderKL, pixels: Tensor, *, sample: bool = True, generator: torch.Generator | None = None, chunk: int = 8
+) -> Tensor:
+    """Scaled VAE latents of ``pixels [N, 3, H, W]`` in [-1, 1]: a sample of the posterior, or its mean.
+
+    Encodes ``chunk`` images at a time; the latents come back in float32.
+    """
+    out = []
+    for part in pixels.split(chunk):
+        dist = vae.encode(part.to(vae.device, vae.dtype)).latent_dist
+        out.append((dist.sample(generator) if sample else dist.mean).float())
+    latents = torch.cat(out)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], resolution: int) -> list[float]:
+    """SDXL micro-conditioning: original (h, w), crop (top, left), target (h, w)."""
+    return [*map(float, original_size), *map(float, crop_top_left), float(resolution), float(resolution)]
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageBatch:
+    """B groups of K images, either as pixels plus token ids (encoded on the device) or as cached encodings.
+
+    Args:
+        prefs: the groups' labels.
+        pixels: ``[B, K, 3, H, W]`` in [-1, 1], or None with ``latents``.
+        input_ids: per tokenizer ``[B, L]``, or None with ``embeddings``.
+        latents: ``[B, K, C, h, w]`` cached (scaled) VAE latents.
+        embeddings: cached ``encoder_hidden_states [B, L, D]`` (and ``text_embeds [B, P]``).
+        time_ids: ``[B, 6]`` SDXL micro-conditioning, or None.
+    """
+
+    prefs: Preferences
+    pixels: Tensor | None = None
+    input_ids: list[Tensor] | None = None
+    latents: Tensor | None = None
+    embeddings: dict[str, Tensor] | None = None
+    time_ids: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> ImageBatch:
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                value = value.to(device, non_blocking=True)
+            elif isinstance(value, list):
+                value = [v.to(device, non_blocking=True) for v in value]
+            elif isinstance(value, dict):
+                value = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+            moved[f.name] = value
+        moved["prefs"] = self.prefs  # labels stay on the host; objectives move what they index
+        return ImageBatch(**moved)
+
+
+def preferences(rows: Sequence[dict[str, Any]]) -> Preferences:
+    """The label columns of a list of group rows as a :class:`Preferences`."""
+    labels = {}
+    for name, dtype in (("ranks", torch.long), ("scores", torch.float32), ("desirable", torch.bool)):
+        if rows[0].get(name) is not None:
+            labels[name] = torch.tensor([row[name] for row in rows], dtype=dtype)
+    return Preferences(**labels)
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+
+class UNetDenoiser(nn.Module):
+    """The UNet as a denoiser of ``(x_t, t, conditions)``; its forward returns the ``[B, K]`` log-likelihoods.
+
+    Wrapping the UNet in one module lets accelerate prepare it (DDP, autocast) like any model.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel):
+        super().__init__()
+        self.unet = unet
+
+    def denoise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        encoder_hidden_states: Tensor,
+        text_embeds: Tensor | None = None,
+        time_ids: Tensor | None = None,
+    ) -> Tensor:
+        dtype = self.unet.dtype
+        added = None if text_embeds is None else {"text_embeds": text_embeds.to(dtype), "time_ids": time_ids}
+        return self.unet(
+            x_t.to(dtype), t, encoder_hidden_states=encoder_hidden_states.to(dtype), added_cond_kwargs=added
+        ).sample
+
+    def forward(self, noised: Noised, **conditions: Tensor) -> Tensor:
+        return denoising_loglik(self.denoise, noised, **conditions).values
+
+
+@dataclass
+class TextToImageAdapter:
+    """Everything the trainer needs for an SD-style model: collate, encode, noise, score, save.
+
+    Args:
+        model: the loaded parts; the UNet is the policy (with a LoRA adapter when ``lora`` is set).
+        reference: ``adapter`` (LoRA disabled), ``copy`` (frozen copy of the UNet) or ``none``.
+        resolution: training resolution in pixels (square).
+        noising: how x_t and the target are drawn (forward noising, DDIM or ReNoise inversion).
+        prompt_dropout: probability that a group's prompt is replaced by the empty prompt.
+        sample_latents: encode images to a posterior sample (official Diffusion-DPO) or to its mean.
+        reference_dtype: dtype of the frozen copy (half precision under mixed precision).
+        vae_dtype: dtype of the VAE; SDXL's VAE overflows in fp16, so keep float32 unless it is an fp16-safe VAE.
+    """
+
+    model: TextToImageModel
+    reference: str = "copy"
+    resolution: int = 512
+    noising: Noising = field(default_factory=Noising)
+    prompt_dropout: float = 0.0
+    sample_latents: bool = True
+    reference_dtype: torch.dtype | None = None
+    text_dtype: torch.dtype = torch.float32
+    vae_dtype: torch.dtype = torch.float32
+    transform: Any = None
+
+    def __post_init__(self) -> None:
+        if self.reference not in ("adapter", "copy", "none"):
+            raise ValueError(
+                f"model.reference={self.reference} is not available for text-to-image models; "
+                "use adapter (with model.lora), copy or none."
+            )
+        for module in (self.model.vae, *self.model.text_encoders):
+            module.requires_grad_(False).eval()
+        self.model.vae.to(self.vae_dtype)
+        for encoder in self.model.text_encoders:
+            encoder.to(self.text_dtype)
+        self.scorer = UNetDenoiser(self.model.unet)
+        self.reference_scorer = None
+        if self.reference == "copy":
+            self.reference_scorer = UNetDenoiser(frozen_copy(self.model.unet, self.reference_dtype))
+        self._empty: dict[str, Tensor] | None = None
+
+    @property
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules the trainer moves to the device but never optimises."""
+        modules = [self.model.vae, *self.model.text_encoders]
+        return modules + ([self.reference_scorer] if self.reference_scorer is not None else [])
+
+    # -- data --------------------------------------------------------------------------------------
+
+    def collate(self, rows: Sequence[dict[str, Any]], *, seed: int = 0, epoch: int = 0) -> ImageBatch:
+        """Decode and transform each group's images identically (seeded by seed, epoch and group id)."""
+        from mmdpo.data.images import decode_image
+
+        pixels, ids = [], []
+        for row in rows:
+            rng = random.Random(f"{seed}/{epoch}/{row['row_index']}")
+            group = self.transform([decode_image(image) for image in row["candidates"]], rng)
+            pixels.append(group.pixels)
+            ids.append(time_ids(group.original_size, group.crop_top_left, self.resolution))
+        return ImageBatch(
+            prefs=preferences(rows),
+            pixels=torch.stack(pixels),
+            input_ids=tokenize_prompts(self.model.tokenizers, [row["prompt"] for row in rows]),
+            time_ids=torch.tensor(ids) if self.model.sdxl else None,
+        )
+
+    # -- scoring -----------------------------------------------------------------------------------
+
+    def empty_prompt(self, device: torch.device) -> dict[str, Tensor]:
+        """The encoded empty prompt that dropout substitutes (the official scripts encode "")."""
+        if self._empty is None or self._empty["encoder_hidden_states"].device != device:
+            ids = tokenize_prompts(self.model.tokenizers, [""])
+            self._empty = {k: v.to(device) for k, v in encode_prompts(self.model.text_encoders, ids).items()}
+        return self._empty
+
+    def inputs(self, batch: ImageBatch, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Latents, per-group conditions and the shared noising of one micro-batch, all without gradients."""
+        latents = batch.latents
+        if latents is None:
+            b, k = batch.pixels.shape[:2]
+            flat = encode_images(
+                self.model.vae, batch.pixels.flatten(0, 1), sample=self.sample_latents, generator=generator
+            )
+            latents = flat.view(b, k, *flat.shape[1:])
+        conditions = batch.embeddings or encode_prompts(self.model.text_encoders, batch.input_ids)
+        if self.prompt_dropout > 0:
+            conditions = drop_conditions(conditions, self.empty_prompt(latents.device), self.prompt_dropout, generator)
+        if self.model.sdxl:
+            conditions = {**conditions, "time_ids": batch.time_ids.to(latents)}
+        draw = draw_noise(latents, self.model.scheduler.config.num_train_timesteps, generator, self.noising)
+        with torch.no_grad():
+            noised = noise_latents(latents, self.model.scheduler, draw, self.noising, self.scorer.denoise, **conditions)
+        return {"noised": noised, **conditions}
+
+    def policy_loglik(self, scorer: nn.Module, batch: ImageBatch, inputs: dict[str, Any]) -> LogLik:
+        """The policy's ``[B, K]`` estimate through ``scorer`` (the prepared, possibly wrapped, :attr:`scorer`)."""
+        return LogLik(values=scorer(**inputs))
+
+    def reference_loglik(self, batch: ImageBatch, inputs: dict[str, Any]) -> LogLik | None:
+        """The reference's ``[B, K]`` estimate on the same noising, or None when reference-free."""
+        if self.reference == "none":
+            return None
+        with torch.no_grad():
+            if self.reference == "adapter":
+                with adapter_disabled(self.model.unet):
+                    return LogLik(values=self.scorer(**inputs))
+            return LogLik(values=self.reference_scorer(**inputs))
+
+    # -- building and saving -----------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config, reference: str, half: torch.dtype | None = None) -> TextToImageAdapter:
+        """Load the model of a :class:`~mmdpo.config.Config` and wrap it (LoRA on the UNet when configured).
+
+        ``half`` is the mixed-precision dtype, if any: the text encoders and a frozen reference copy run in it.
+        """
+        from mmdpo.adapters.llm import DTYPES
+        from mmdpo.data.images import GroupTransform
+
+        section, data = config.model, config.data
+        model = load_text_to_image(section.path, DTYPES[section.dtype])
+        if section.vae_path is not None:
+            model.vae = AutoencoderKL.from_pretrained(section.vae_path)
+        if section.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+        if section.lora is not None:
+            add_lora(model.unet, section.lora)
+        else:
+            model.unet.requires_grad_(True)
+        return cls(
+            model,
+            reference=reference,
+            resolution=data.resolution,
+            noising=Noising(section.noising.kind, section.noising.steps, section.noising.eta),
+            prompt_dropout=section.prompt_dropout,
+            sample_latents=section.latents == "sample",
+            reference_dtype=half,
+            text_dtype=half or torch.float32,
+            vae_dtype=DTYPES[section.vae_dtype],
+            transform=GroupTransform(data.resolution, crop=data.crop, flip=data.flip),
+        )
+
+    def pipeline(self, unet: UNet2DConditionModel | None = None):
+        """A diffusers pipeline over these parts (the policy UNet unless another is given), for sampling."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        m = self.model
+        scheduler = m.sampling_scheduler or DDIMScheduler.from_config(m.scheduler.config)
+        parts = {"vae": m.vae, "unet": unet or m.unet, "scheduler": scheduler}
+        if m.sdxl:
+            return StableDiffusionXLPipeline(
+                text_encoder=m.text_encoders[0], text_encoder_2=m.text_encoders[1],
+                tokenizer=m.tokenizers[0], tokenizer_2=m.tokenizers[1], **parts,
+            )  # fmt: skip
+        return StableDiffusionPipeline(
+            text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False, **parts,
+        )  # fmt: skip
+
+    def save(self, scorer: UNetDenoiser, directory: str | Path) -> None:
+        """A LoRA that ``pipe.load_lora_weights(directory)`` accepts, or the whole pipeline with the trained UNet."""
+        unet = scorer.unet
+        if getattr(unet, "peft_config", None):
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+            type(self.pipeline()).save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
+            return
+        self.pipeline(unet).save_pretrained(directory)
+
+
+def add_lora(unet: UNet2DConditionModel, section) -> None:
+    """Inject a peft LoRA adapter into the UNet's attention projections, as the diffusers LoRA scripts do.
+
+    The base weights freeze; the LoRA weights train in float32 whatever the UNet's dtype. Gaussian init keeps
+    the output unchanged at the start (B = 0), so the disabled adapter is an exact reference.
+    """
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(
+            r=section.r,
+            lora_alpha=section.alpha,
+            lora_dropout=section.dropout,
+            init_lora_weights="gaussian",
+            target_modules=section.target_modules or UNET_LORA_TARGETS,
+        )
+    )
+    cast_training_params(unet, dtype=torch.float32)

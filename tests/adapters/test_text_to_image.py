@@ -1,0 +1,154 @@
+"""The text-to-image adapter on tiny SD1.5- and SDXL-like models built in memory."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from mmdpo.adapters.text_to_image import (
+    ImageBatch,
+    TextToImageAdapter,
+    add_lora,
+    encode_prompts,
+    load_text_to_image,
+    tokenize_prompts,
+)
+from mmdpo.config import LoraSection
+from mmdpo.objectives import Preferences, get_objective
+
+PROMPTS = ["a red circle", "a blue square on green"]
+
+
+def adapter(kind="sd15", reference="copy", lora=False, **options):
+    model = load_text_to_image(f"tiny:{kind}")
+    if lora:
+        add_lora(model.unet, LoraSection(r=4, alpha=4))
+    return TextToImageAdapter(model, reference=reference, resolution=16, **options)
+
+
+def image_batch(ad, k=2, prompts=PROMPTS, seed=0, time_ids=None):
+    g = torch.Generator().manual_seed(seed)
+    b = len(prompts)
+    return ImageBatch(
+        prefs=Preferences(ranks=torch.tensor([[0, 1]] * b)),
+        pixels=torch.rand(b, k, 3, 16, 16, generator=g) * 2 - 1,
+        input_ids=tokenize_prompts(ad.model.tokenizers, prompts),
+        time_ids=(time_ids if time_ids is not None else torch.tensor([[16.0, 16, 0, 0, 16, 16]] * b))
+        if ad.model.sdxl
+        else None,
+    )
+
+
+def score(ad, batch, seed=0):
+    inputs = ad.inputs(batch, torch.Generator().manual_seed(seed))
+    return ad.policy_loglik(ad.scorer, batch, inputs), ad.reference_loglik(batch, inputs), inputs
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_prompt_encoding_matches_the_diffusers_pipeline(kind):
+    ad = adapter(kind)
+    ours = encode_prompts(ad.model.text_encoders, tokenize_prompts(ad.model.tokenizers, PROMPTS))
+    theirs = ad.pipeline().encode_prompt(
+        PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    torch.testing.assert_close(ours["encoder_hidden_states"], theirs[0])
+    if kind == "sdxl":
+        torch.testing.assert_close(ours["text_embeds"], theirs[2])  # the second encoder's pooled projection
+        assert ours["encoder_hidden_states"].shape[-1] == ad.model.unet.config.cross_attention_dim
+
+
+@pytest.mark.parametrize(("kind", "reference", "lora"), [("sd15", "copy", False), ("sdxl", "adapter", True)])
+def test_policy_equal_to_reference_gives_ln2_and_half_accuracy(kind, reference, lora):
+    ad = adapter(kind, reference=reference, lora=lora)
+    batch = image_batch(ad)
+    policy, ref, _ = score(ad, batch)
+    out = get_objective("dpo", beta=5000.0)(policy, ref, batch.prefs)
+    if reference == "adapter":  # the same module with its adapter off: exactly equal
+        assert math.isclose(out.loss.item(), math.log(2), abs_tol=1e-7)
+        assert out.metrics["rewards/accuracies"].item() == 0.5
+    else:  # a frozen copy in eval mode runs other fp32 kernels than the training-mode policy: rounding only
+        assert (policy.values - ref.values).abs().max() < 1e-6
+        assert math.isclose(out.loss.item(), math.log(2), abs_tol=1e-3)
+    out.loss.backward()
+    trained = [p for p in ad.scorer.parameters() if p.requires_grad]
+    assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
+def test_candidates_of_a_group_share_timestep_noise_and_dropout():
+    ad = adapter(prompt_dropout=0.5, sample_latents=False)  # posterior means: identical images, identical latents
+    batch = image_batch(ad, prompts=PROMPTS * 4)
+    batch.pixels[:, 1] = batch.pixels[:, 0]  # identical candidates must get identical estimates
+    policy, _, inputs = score(ad, batch)
+    torch.testing.assert_close(policy.values[:, 0], policy.values[:, 1])
+    t = inputs["noised"].timesteps.view(8, 2)
+    assert torch.equal(t[:, 0], t[:, 1]) and len(set(t[:, 0].tolist())) > 1
+    again, _, _ = score(ad, batch)  # a seeded generator reproduces everything
+    torch.testing.assert_close(again.values, policy.values)
+
+
+def test_prompt_dropout_substitutes_the_encoded_empty_prompt():
+    ad = adapter("sdxl", prompt_dropout=1.0)
+    dropped = ad.inputs(image_batch(ad), torch.Generator().manual_seed(0))
+    ad.prompt_dropout = 0.0
+    empty = ad.inputs(image_batch(ad, prompts=["", ""]), torch.Generator().manual_seed(0))
+    for name in ("encoder_hidden_states", "text_embeds"):
+        torch.testing.assert_close(dropped[name], empty[name])
+
+
+def test_sdxl_micro_conditioning_reaches_the_unet():
+    ad = adapter("sdxl")
+    base = torch.tensor([[16.0, 16, 0, 0, 16, 16]] * 2)
+    cropped = torch.tensor([[64.0, 48, 8, 4, 16, 16]] * 2)
+    same, _, _ = score(ad, image_batch(ad, time_ids=base))
+    again, _, _ = score(ad, image_batch(ad, time_ids=base.clone()))
+    other, _, _ = score(ad, image_batch(ad, time_ids=cropped))
+    torch.testing.assert_close(same.values, again.values)
+    assert (same.values - other.values).abs().min() > 1e-7
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_saved_lora_loads_into_a_diffusers_pipeline_and_changes_its_output(kind, tmp_path):
+    ad = adapter(kind, reference="adapter", lora=True)
+    with torch.no_grad():
+        for name, param in ad.model.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # a trained adapter
+    ad.save(ad.scorer, tmp_path)
+    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+
+    def sample(pipe):
+        return pipe(
+            PROMPTS[0], height=16, width=16, num_inference_steps=2, output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images  # fmt: skip
+
+    trained = sample(ad.pipeline())
+    base = adapter(kind)  # the same random base weights, without the adapter
+    pipe = base.pipeline()
+    before = sample(pipe)
+    pipe.load_lora_weights(tmp_path)
+    after = sample(pipe)
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, trained, atol=1e-5)
+
+
+def test_full_fine_tune_saves_a_pipeline_that_loads_back(tmp_path):
+    ad = adapter("sdxl")
+    with torch.no_grad():
+        next(ad.model.unet.parameters()).add_(1.0)
+    ad.save(ad.scorer, tmp_path / "final")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "final")
+    for (name, ours), theirs in zip(ad.model.unet.state_dict().items(), pipe.unet.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, msg=name)
+
+    loaded = load_text_to_image(str(tmp_path / "final"))  # the loader reads a local pipeline directory
+    assert loaded.sdxl and len(loaded.text_encoders) == 2 and len(loaded.tokenizers) == 2
+    torch.testing.assert_close(loaded.unet.conv_in.weight, ad.model.unet.conv_in.weight)
+    assert type(loaded.sampling_scheduler).__name__ == type(pipe.scheduler).__name__
+
+
+def test_a_missing_model_path_names_the_field(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.path="):
+        load_text_to_image(str(tmp_path / "nowhere"))
