@@ -58,7 +58,7 @@ class NoiseDraw:
     Args:
         timesteps: ``[B]`` long.
         noise: ``[B, C, H, W]``.
-        step_noise: ``[S, B, C, H, W]`` for the stochastic inversion term, or None.
+        step_noise: ``[steps, B, C, H, W]`` for InPO's stochastic inversion term, or None.
     """
 
     timesteps: Tensor
@@ -90,7 +90,7 @@ def draw_noise(
     noise = torch.randn(shape, generator=generator, device=device)
     step_noise = None
     if noising is not None and noising.kind != "forward" and noising.eta > 0:
-        step_noise = torch.randn((noising.steps + 1, *shape), generator=generator, device=device)
+        step_noise = torch.randn((noising.steps, *shape), generator=generator, device=device)
         step_noise = step_noise.to(latents.device, latents.dtype)
     return NoiseDraw(timesteps.to(latents.device), noise.to(latents.device, latents.dtype), step_noise)
 
@@ -148,23 +148,17 @@ def noise_latents(
     if noising.kind == "forward":
         return Noised(scheduler.add_noise(x0, noise, t), t, regression_target(scheduler, x0, noise, t), b)
 
-    from mmdpo.adapters.inversion import ddim_invert, inversion_target
+    from mmdpo.adapters.inversion import ddim_invert, implied_noise
 
     if denoiser is None:
         raise ValueError(f"noising.kind={noising.kind} inverts through the model; pass the denoiser.")
     repeated = {name: value.repeat_interleave(k, dim=0) for name, value in conditions.items()}
     step_noise = None if draw.step_noise is None else draw.step_noise.repeat_interleave(k, dim=1)
     x_t = ddim_invert(
-        lambda x, s: denoiser(x, s, **repeated),
-        x0,
-        t,
-        scheduler,
-        steps=noising.steps,
-        eta=noising.eta,
-        step_noise=step_noise,
-        renoise=noising.kind == "renoise_inversion",
-    )
-    return Noised(x_t, t, inversion_target(x_t, x0, t, scheduler), b)
+        denoiser, x0, t, scheduler, steps=noising.steps, eta=noising.eta, step_noise=step_noise,
+        renoise=noising.kind == "renoise_inversion", **repeated,
+    )  # fmt: skip
+    return Noised(x_t, t, regression_target(scheduler, x0, implied_noise(x_t, x0, t, scheduler), t), b)
 
 
 def denoising_loglik(denoiser: Denoiser, noised: Noised, **conditions: Tensor) -> LogLik:

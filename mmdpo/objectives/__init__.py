@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmdpo.objectives import listwise, pairwise, unpaired
+from mmdpo.objectives import diffusion, listwise, pairwise, unpaired
 from mmdpo.objectives.core import LogLik, ObjectiveOutput, Preferences
 
 _KERNELS = [
@@ -34,9 +34,13 @@ OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
     "adpo": listwise.adpo,
     "kto": unpaired.kto,
     "apo_zero_unpaired": unpaired.kto,
+    "smpo": diffusion.smpo,
+    "mapo": diffusion.mapo,
+    "dro_hinge": diffusion.dro_hinge,
+    "diffusion_kto": diffusion.diffusion_kto,
 }
 
-REFERENCE_FREE = frozenset({"simpo", "orpo", "triple_po", "asft"})
+REFERENCE_FREE = frozenset({"simpo", "orpo", "triple_po", "asft", "mapo"})
 """Objectives that never read the reference: the trainer skips the reference pass for them."""
 
 BATCH_SORTED = frozenset({"aot", "aot_unpaired"})

@@ -85,6 +85,15 @@ HAND = [
     ("apo_zero_unpaired", {"beta": 0.5}, 0.5 * ((1 - sig(0.5)) + sig(-0.25))),
     # EMA from zero: M0 = 0.1 * 1.5; beta_batch = 0.5 (1 + 0.6 (1.5 - 0.15))
     ("beta_dpo", {"beta": 0.5, "rho": 0.0}, softplus(-0.5 * (1 + 0.6 * (1.5 - 0.15)) * 1.5)),
+    # soft label p = sig(0.9 - 0.2) from the scores in [0, 1]
+    ("smpo", {"beta": 0.5, "gamma": 10.0, "score_min": 0.0, "score_max": 1.0}, softplus(-5 * (2 * sig(0.7) - 1) * 1.5)),
+    # mse = -2 loglik = 2 and 6; f(e) = 0.5 e / (exp(0.5 e) - 1)
+    ("mapo", {"beta": 0.1, "timesteps": 1}, 2 - 0.1 * logsig(1 / math.expm1(1) - 3 / math.expm1(3))),
+    ("mapo", {"beta": 0.1}, 2 - 0.1 * logsig(1000 * (1 / math.expm1(1) - 3 / math.expm1(3)))),
+    ("dro_hinge", {"margin": 4.0}, 4.0 - 2 * 1.5),
+    ("dro_hinge", {}, 0.0),
+    # z = max(0, mean(1, -0.5)) = 0.25 from the batch's own rewards
+    ("diffusion_kto", {"beta": 0.5}, 1 - sig(0.5 * 0.75)),
 ]
 
 
@@ -99,7 +108,7 @@ def test_every_objective_has_a_hand_computed_value():
 
 
 def test_registry_defaults():
-    assert REFERENCE_FREE == {"simpo", "orpo", "triple_po", "asft"}
+    assert REFERENCE_FREE == {"simpo", "orpo", "triple_po", "asft", "mapo"}
     assert hyperparameters("rpo")["sft_weight"] == 1.0 and hyperparameters("dpo")["sft_weight"] == 0.0
     assert hyperparameters("exo")["label_smoothing"] == 1e-3
     assert hyperparameters("discopop")["tau"] == 0.05
@@ -316,10 +325,11 @@ def reorder(prefs, fn):
     return Preferences(**{k: None if v is None else fn(v) for k, v in vars(prefs).items()})
 
 
-LISTS = {"plackett_luce", "lipo_lambda", "rankdpo", "curry_dpo", "adpo", "kto", "apo_zero_unpaired"}  # any K
+LISTS = {"plackett_luce", "lipo_lambda", "rankdpo", "curry_dpo", "adpo", "kto", "apo_zero_unpaired", "diffusion_kto"}
 DPO_AT_EQUALITY = {"dpo", "cdpo", "rdpo", "sigmoid_norm", "aot", "aot_unpaired", "plackett_luce", "curry_dpo"}
 DPO_AT_EQUALITY |= {"adpo", "beta_dpo"}
-ACCURACY = set(OBJECTIVES) - REFERENCE_FREE - {"kto", "apo_zero_unpaired"}
+UNPAIRED = {"kto", "apo_zero_unpaired", "diffusion_kto"}
+ACCURACY = set(OBJECTIVES) - REFERENCE_FREE - UNPAIRED
 
 
 @pytest.mark.parametrize("name", sorted(DPO_AT_EQUALITY))
@@ -375,7 +385,8 @@ def test_candidate_order_inside_a_group_does_not_matter(name, k):
 
 # apo_down lowers both likelihoods by design, sppo_hard and the unpaired losses pull each response to a target,
 # and DiscoPOP's blend is non-monotone (its gradient changes sign for large margins, DiscoPOP paper Fig. 3).
-NOT_MONOTONE = {"kto", "apo_zero_unpaired", "apo_down", "sppo_hard", "discopop"}
+NOT_MONOTONE = UNPAIRED | {"apo_down", "sppo_hard", "discopop"}
+SCORE_LABELLED = {"smpo"}  # the preference is the reward scores' order, whatever the ranks say
 
 
 @pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - NOT_MONOTONE))
@@ -384,9 +395,10 @@ def test_gradient_raises_chosen_and_lowers_rejected(name):
     policy = policy.clone().requires_grad_(True)
     call(name, policy, reference, mask, prefs, mismatched).loss.backward()
     grad = (policy.grad * mask).sum(-1)  # d loss / d logp per candidate
-    best = prefs.ranks == 0
-    assert (grad[best] <= 0).all() and (grad[best] < 0).any()  # descending the loss raises the chosen log-likelihood
-    assert (grad[~best] >= 0).all() and (grad[~best] > 0).any()
+    best = prefs.scores == prefs.scores.max(-1, keepdim=True).values if name in SCORE_LABELLED else prefs.ranks == 0
+    tiny = 1e-30  # a saturated loss (MaPO at these margins) leaves float32-underflow gradients of either sign
+    assert (grad[best] <= tiny).all() and (grad[best] < 0).any()  # descending the loss raises the chosen one
+    assert (grad[~best] >= -tiny).all() and (grad[~best] > 0).any()
 
 
 def test_dpo_gradient_is_minus_and_plus_beta_sigmoid():
