@@ -1,6 +1,7 @@
-"""``mmdpo train | demo``: the command line.
+"""``mmdpo train | cache | demo``: the command line.
 
 mmdpo train configs/llm/dpo.yaml model.path=/models/qwen2-0.5b objective.beta=0.1
+mmdpo cache configs/sdxl/diffusion_dpo_lora.yaml data.path=/data/pickapic
 accelerate launch --num_processes 8 -m mmdpo train configs/llm/simpo.yaml
 mmdpo demo
 """
@@ -20,6 +21,19 @@ def _train(args: argparse.Namespace) -> None:
     print(f"saved to {result.final_dir}")
 
 
+def _cache(args: argparse.Namespace) -> None:
+    from mmdpo.config import modality
+    from mmdpo.training.encodings import build_encode_caches
+
+    config = load_config(args.config, args.overrides)
+    if modality(config.model) != "text_to_image":
+        raise ConfigError(
+            f"mmdpo cache encodes images for text-to-image models; model.path={config.model.path!r} is not one."
+        )
+    for directory in build_encode_caches(config):
+        print(f"encode cache: {directory}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from mmdpo.demo import run_demo
 
@@ -34,6 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("config", help="path to a YAML config")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.beta=0.1")
     train.set_defaults(run=_train)
+
+    cache = commands.add_parser("cache", help="encode a text-to-image config's images and prompts once, to disk")
+    cache.add_argument("config", help="path to a YAML config (the one you will train with)")
+    cache.add_argument("overrides", nargs="*", help="key=value overrides, the same as for train")
+    cache.set_defaults(run=_cache)
 
     demo = commands.add_parser("demo", help="the whole story on this machine, nothing downloaded")
     demo.add_argument("--config", default=None, help="run your own config instead of the embedded one")

@@ -78,7 +78,9 @@ class DataSection:
     """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task).
 
     ``resolution``, ``crop`` and ``flip`` (probability of a horizontal flip) are the image transform of
-    text-to-image data, applied identically to every candidate of a group."""
+    text-to-image data, applied identically to every candidate of a group. ``encode_cache``: ``auto`` trains from
+    the cache that ``mmdpo cache`` wrote for this config when there is one (and encodes on the fly otherwise),
+    ``require`` fails without it, ``off`` never reads it; ``cache_dtype`` is what the cache stores."""
 
     path: str = "toy"
     format: str = "auto"
@@ -93,6 +95,8 @@ class DataSection:
     resolution: int = 512
     crop: Literal["center", "random"] = "center"
     flip: float = 0.0
+    encode_cache: Literal["auto", "require", "off"] = "auto"
+    cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass
@@ -303,7 +307,7 @@ def validate(config: Config) -> None:
 
 
 IMAGE_MODEL_FIELDS = ("noising", "prompt_dropout", "latents", "vae_path", "vae_dtype")
-IMAGE_DATA_FIELDS = ("resolution", "crop", "flip")
+IMAGE_DATA_FIELDS = ("resolution", "crop", "flip", "encode_cache", "cache_dtype")
 
 
 def modality(model: ModelSection) -> str:

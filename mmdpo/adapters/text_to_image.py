@@ -34,13 +34,19 @@ UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 @dataclass
 class TextToImageModel:
-    """The diffusers/transformers parts of an SD-style pipeline that training touches."""
+    """The diffusers/transformers parts of an SD-style pipeline that training touches.
 
+    ``vae``, ``text_encoders`` and ``tokenizers`` are None / empty when training from the encode cache; the
+    pipeline's ``path`` loads them when saving a whole pipeline or sampling needs them
+    (:meth:`load_encoders`).
+    """
+
+    path: str
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoders: list[nn.Module]
-    tokenizers: list[Any]
     scheduler: DDPMScheduler
+    vae: AutoencoderKL | None = None
+    text_encoders: list[nn.Module] = field(default_factory=list)
+    tokenizers: list[Any] = field(default_factory=list)
     sampling_scheduler: SchedulerMixin | None = None
     """The pipeline's own scheduler (what generation and saved pipelines use); DDIM from ``scheduler`` if None."""
 
@@ -49,38 +55,74 @@ class TextToImageModel:
         """SDXL-style micro-conditioning (pooled text embeddings and ``time_ids``)."""
         return self.unet.config.addition_embed_type == "text_time"
 
+    @property
+    def has_encoders(self) -> bool:
+        return self.vae is not None and bool(self.text_encoders)
 
-def load_text_to_image(path: str, dtype: torch.dtype = torch.float32) -> TextToImageModel:
+    def load_encoders(self, vae_path: str | None = None) -> None:
+        """Load the VAE (from ``vae_path`` when given), text encoders and tokenizers of :attr:`path` if missing."""
+        if not self.has_encoders:
+            self.vae, self.text_encoders, self.tokenizers = load_encoders(self.path)
+        if vae_path is not None:
+            self.vae = _load(AutoencoderKL, vae_path, None, "model.vae_path")
+
+
+def load_text_to_image(path: str, dtype: torch.dtype = torch.float32, *, encoders: bool = True) -> TextToImageModel:
     """The UNet, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler of a pipeline.
 
     ``path`` is a local diffusers pipeline directory, a hub id (downloaded only when the network allows it), or
-    ``tiny:sd15`` / ``tiny:sdxl`` (random models built in memory). Only these parts load (no safety checker).
+    ``tiny:sd15`` / ``tiny:sdxl`` (random models built in memory, the same weights every time). Only these parts
+    load (no safety checker). ``encoders=False`` leaves out the VAE and the text encoders (training from the
+    encode cache).
     """
+    from mmdpo.adapters.tiny import tiny_text_to_image
+
+    if path.startswith("tiny:"):
+        parts = tiny_text_to_image(path.removeprefix("tiny:"))
+        model = TextToImageModel(path, parts["unet"].to(dtype), parts["scheduler"])
+        if encoders:
+            model.vae, model.text_encoders, model.tokenizers = parts["vae"], parts["text_encoders"], parts["tokenizers"]
+        return model
+    _model_index(path)  # a clear error for a path that is no pipeline
+    model = TextToImageModel(
+        path,
+        _load(UNet2DConditionModel, path, "unet", "model.path", torch_dtype=dtype),
+        _load(DDPMScheduler, path, "scheduler", "model.path"),
+    )
+    sampling_config = DDPMScheduler.load_config(path, subfolder="scheduler")
+    model.sampling_scheduler = getattr(diffusers, sampling_config["_class_name"]).from_config(sampling_config)
+    if encoders:
+        model.vae, model.text_encoders, model.tokenizers = load_encoders(path)
+    return model
+
+
+def load_encoders(path: str) -> tuple[AutoencoderKL, list[nn.Module], list[Any]]:
+    """The VAE, the text encoder(s) and tokenizer(s) of a pipeline (SDXL: both, the second with projection)."""
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     from mmdpo.adapters.tiny import tiny_text_to_image
 
     if path.startswith("tiny:"):
         parts = tiny_text_to_image(path.removeprefix("tiny:"))
-        parts["unet"] = parts["unet"].to(dtype)
-        return TextToImageModel(**parts)
+        return parts["vae"], parts["text_encoders"], parts["tokenizers"]
+    vae = _load(AutoencoderKL, path, "vae", "model.path")
+    text_encoders = [_load(CLIPTextModel, path, "text_encoder", "model.path")]
+    tokenizers = [_load(AutoTokenizer, path, "tokenizer", "model.path")]
+    if _model_index(path).get("text_encoder_2", [None])[0] is not None:
+        text_encoders.append(_load(CLIPTextModelWithProjection, path, "text_encoder_2", "model.path"))
+        tokenizers.append(_load(AutoTokenizer, path, "tokenizer_2", "model.path"))
+    return vae, text_encoders, tokenizers
+
+
+def _load(cls, path: str, subfolder: str | None, field_name: str, **kwargs):
+    """``cls.from_pretrained`` with the failure stated in terms of the config field that named the path."""
     try:
-        index = _model_index(path)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
-        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-        sampling_config = DDPMScheduler.load_config(path, subfolder="scheduler")
-        sampling_scheduler = getattr(diffusers, sampling_config["_class_name"]).from_config(sampling_config)
-        text_encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder")]
-        tokenizers = [AutoTokenizer.from_pretrained(path, subfolder="tokenizer")]
-        if index.get("text_encoder_2", [None])[0] is not None:
-            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2"))
-            tokenizers.append(AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2"))
+        return cls.from_pretrained(path, **({"subfolder": subfolder} if subfolder else {}), **kwargs)
     except (OSError, ValueError) as err:  # ValueError: not even a valid hub id
+        where = f"{subfolder}/ of " if subfolder else ""
         raise FileNotFoundError(
-            f"model.path={path!r} is neither a local diffusers pipeline directory nor a reachable hub id ({err})."
+            f"{field_name}={path!r}: cannot load {where}it from a local directory or a reachable hub id ({err})."
         ) from err
-    return TextToImageModel(unet, vae, text_encoders, tokenizers, scheduler, sampling_scheduler)
 
 
 def _model_index(path: str) -> dict[str, Any]:
@@ -89,7 +131,12 @@ def _model_index(path: str) -> dict[str, Any]:
         return json.loads(local.read_text())
     from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(path, "model_index.json")).read_text())
+    try:
+        return json.loads(Path(hf_hub_download(path, "model_index.json")).read_text())
+    except (OSError, ValueError) as err:  # ValueError: not even a valid hub id
+        raise FileNotFoundError(
+            f"model.path={path!r} is neither a local diffusers pipeline directory nor a reachable hub id ({err})."
+        ) from err
 
 
 # --- encoding --------------------------------------------------------------------------------------
@@ -124,20 +171,27 @@ def encode_prompts(text_encoders: Sequence[nn.Module], input_ids: Sequence[Tenso
 
 
 @torch.no_grad()
-def encode_images(
-    vae: AutoencoderKL, pixels: Tensor, *, sample: bool = True, generator: torch.Generator | None = None, chunk: int = 8
-) -> Tensor:
-    """Scaled VAE latents of ``pixels [N, 3, H, W]`` in [-1, 1]: a sample of the posterior, or its mean.
+def encode_moments(vae: AutoencoderKL, pixels: Tensor, chunk: int = 8) -> tuple[Tensor, Tensor]:
+    """Mean and std of the VAE posterior of ``pixels [N, 3, H, W]`` in [-1, 1], shifted and scaled as latents.
 
-    Encodes ``chunk`` images at a time; the latents come back in float32.
+    Encodes ``chunk`` images at a time; float32 out. A latent is ``mean + std * z`` (:func:`sample_latents`).
     """
-    out = []
+    means, stds = [], []
     for part in pixels.split(chunk):
         dist = vae.encode(part.to(vae.device, vae.dtype)).latent_dist
-        out.append((dist.sample(generator) if sample else dist.mean).float())
-    latents = torch.cat(out)
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
+    scale = vae.config.scaling_factor
+    return (torch.cat(means) - shift) * scale, torch.cat(stds) * scale
+
+
+def sample_latents(mean: Tensor, std: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+    """A posterior sample ``mean + std * z`` (z from ``generator``, on its device), or the mean when ``std`` is None."""
+    if std is None:
+        return mean
+    device = generator.device if generator is not None else mean.device
+    return mean + std * torch.randn(mean.shape, generator=generator, device=device).to(mean)
 
 
 def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], resolution: int) -> list[float]:
@@ -154,17 +208,19 @@ class ImageBatch:
 
     Args:
         prefs: the groups' labels.
-        pixels: ``[B, K, 3, H, W]`` in [-1, 1], or None with ``latents``.
+        pixels: ``[B, K, 3, H, W]`` in [-1, 1], or None with ``latent_mean``.
         input_ids: per tokenizer ``[B, L]``, or None with ``embeddings``.
-        latents: ``[B, K, C, h, w]`` cached (scaled) VAE latents.
+        latent_mean, latent_std: ``[B, K, C, h, w]`` cached VAE posterior moments (:func:`encode_moments`); the
+            std is None when the cache holds means only.
         embeddings: cached ``encoder_hidden_states [B, L, D]`` (and ``text_embeds [B, P]``).
-        time_ids: ``[B, 6]`` SDXL micro-conditioning, or None.
+        time_ids: ``[B, 6]`` SDXL micro-conditioning (read by SDXL-style models only).
     """
 
     prefs: Preferences
     pixels: Tensor | None = None
     input_ids: list[Tensor] | None = None
-    latents: Tensor | None = None
+    latent_mean: Tensor | None = None
+    latent_std: Tensor | None = None
     embeddings: dict[str, Tensor] | None = None
     time_ids: Tensor | None = None
 
@@ -190,6 +246,30 @@ def preferences(rows: Sequence[dict[str, Any]]) -> Preferences:
         if rows[0].get(name) is not None:
             labels[name] = torch.tensor([row[name] for row in rows], dtype=dtype)
     return Preferences(**labels)
+
+
+def collate_images(
+    rows: Sequence[dict[str, Any]], transform, tokenizers: Sequence[Any], resolution: int, *, seed: int, epoch: int
+) -> ImageBatch:
+    """Decode each group's images and transform them identically, seeded by (seed, epoch, the row's ``row_index``).
+
+    ``time_ids`` (SDXL micro-conditioning) come with every batch; only SDXL-style models read them.
+    """
+    from mmdpo.data.images import decode_image
+
+    pixels, ids = [], []
+    for row in rows:
+        group = transform(
+            [decode_image(image) for image in row["candidates"]], random.Random(f"{seed}/{epoch}/{row['row_index']}")
+        )
+        pixels.append(group.pixels)
+        ids.append(time_ids(group.original_size, group.crop_top_left, resolution))
+    return ImageBatch(
+        prefs=preferences(rows),
+        pixels=torch.stack(pixels),
+        input_ids=tokenize_prompts(tokenizers, [row["prompt"] for row in rows]),
+        time_ids=torch.tensor(ids),
+    )
 
 
 # --- scoring ---------------------------------------------------------------------------------------
@@ -233,9 +313,14 @@ class TextToImageAdapter:
         resolution: training resolution in pixels (square).
         noising: how x_t and the target are drawn (forward noising, DDIM or ReNoise inversion).
         prompt_dropout: probability that a group's prompt is replaced by the empty prompt.
-        sample_latents: encode images to a posterior sample (official Diffusion-DPO) or to its mean.
+        sample_latents: train on a posterior sample of each image's latent (official Diffusion-DPO) or its mean.
         reference_dtype: dtype of the frozen copy (half precision under mixed precision).
+        text_dtype: dtype of the text encoders.
         vae_dtype: dtype of the VAE; SDXL's VAE overflows in fp16, so keep float32 unless it is an fp16-safe VAE.
+        vae_path: a VAE to use instead of the pipeline's (e.g. an fp16-safe one).
+        transform: the group transform of the image path (:class:`~mmdpo.data.images.GroupTransform`).
+        empty_conditions: the encoded empty prompt, when the batches come from the encode cache and the text
+            encoders are not loaded.
     """
 
     model: TextToImageModel
@@ -247,7 +332,9 @@ class TextToImageAdapter:
     reference_dtype: torch.dtype | None = None
     text_dtype: torch.dtype = torch.float32
     vae_dtype: torch.dtype = torch.float32
+    vae_path: str | None = None
     transform: Any = None
+    empty_conditions: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.reference not in ("adapter", "copy", "none"):
@@ -255,60 +342,61 @@ class TextToImageAdapter:
                 f"model.reference={self.reference} is not available for text-to-image models; "
                 "use adapter (with model.lora), copy or none."
             )
-        for module in (self.model.vae, *self.model.text_encoders):
-            module.requires_grad_(False).eval()
-        self.model.vae.to(self.vae_dtype)
-        for encoder in self.model.text_encoders:
-            encoder.to(self.text_dtype)
+        if self.model.has_encoders:
+            self._prepare_encoders()
         self.scorer = UNetDenoiser(self.model.unet)
         self.reference_scorer = None
         if self.reference == "copy":
             self.reference_scorer = UNetDenoiser(frozen_copy(self.model.unet, self.reference_dtype))
-        self._empty: dict[str, Tensor] | None = None
+
+    def _prepare_encoders(self) -> None:
+        self.model.vae.requires_grad_(False).eval().to(self.vae_dtype)
+        for encoder in self.model.text_encoders:
+            encoder.requires_grad_(False).eval().to(self.text_dtype)
+
+    def encoders(self) -> TextToImageModel:
+        """The model with its VAE and text encoders, loading them (onto the UNet's device) if they are not yet."""
+        if not self.model.has_encoders:
+            self.model.load_encoders(self.vae_path)
+            self._prepare_encoders()
+            for module in (self.model.vae, *self.model.text_encoders):
+                module.to(self.model.unet.device)
+        return self.model
 
     @property
     def frozen_modules(self) -> list[nn.Module]:
         """Modules the trainer moves to the device but never optimises."""
-        modules = [self.model.vae, *self.model.text_encoders]
-        return modules + ([self.reference_scorer] if self.reference_scorer is not None else [])
+        modules = [m for m in (self.model.vae, *self.model.text_encoders, self.reference_scorer) if m is not None]
+        return modules
 
     # -- data --------------------------------------------------------------------------------------
 
     def collate(self, rows: Sequence[dict[str, Any]], *, seed: int = 0, epoch: int = 0) -> ImageBatch:
-        """Decode and transform each group's images identically (seeded by seed, epoch and group id)."""
-        from mmdpo.data.images import decode_image
-
-        pixels, ids = [], []
-        for row in rows:
-            rng = random.Random(f"{seed}/{epoch}/{row['row_index']}")
-            group = self.transform([decode_image(image) for image in row["candidates"]], rng)
-            pixels.append(group.pixels)
-            ids.append(time_ids(group.original_size, group.crop_top_left, self.resolution))
-        return ImageBatch(
-            prefs=preferences(rows),
-            pixels=torch.stack(pixels),
-            input_ids=tokenize_prompts(self.model.tokenizers, [row["prompt"] for row in rows]),
-            time_ids=torch.tensor(ids) if self.model.sdxl else None,
-        )
+        """Decode and transform each group's images identically (:func:`collate_images`)."""
+        return collate_images(rows, self.transform, self.model.tokenizers, self.resolution, seed=seed, epoch=epoch)
 
     # -- scoring -----------------------------------------------------------------------------------
 
     def empty_prompt(self, device: torch.device) -> dict[str, Tensor]:
         """The encoded empty prompt that dropout substitutes (the official scripts encode "")."""
-        if self._empty is None or self._empty["encoder_hidden_states"].device != device:
-            ids = tokenize_prompts(self.model.tokenizers, [""])
-            self._empty = {k: v.to(device) for k, v in encode_prompts(self.model.text_encoders, ids).items()}
-        return self._empty
+        if self.empty_conditions is None:
+            model = self.encoders()
+            self.empty_conditions = encode_prompts(model.text_encoders, tokenize_prompts(model.tokenizers, [""]))
+        if self.empty_conditions["encoder_hidden_states"].device != device:
+            self.empty_conditions = {k: v.to(device) for k, v in self.empty_conditions.items()}
+        return self.empty_conditions
 
     def inputs(self, batch: ImageBatch, generator: torch.Generator | None = None) -> dict[str, Any]:
-        """Latents, per-group conditions and the shared noising of one micro-batch, all without gradients."""
-        latents = batch.latents
-        if latents is None:
+        """Latents, per-group conditions and the shared noising of one micro-batch, all without gradients.
+
+        The randomness is drawn in one order whatever the source of the batch (images or the encode cache):
+        the latents' posterior samples, the prompt dropout, then the timesteps and noise.
+        """
+        mean, std = batch.latent_mean, batch.latent_std
+        if mean is None:
             b, k = batch.pixels.shape[:2]
-            flat = encode_images(
-                self.model.vae, batch.pixels.flatten(0, 1), sample=self.sample_latents, generator=generator
-            )
-            latents = flat.view(b, k, *flat.shape[1:])
+            mean, std = (m.view(b, k, *m.shape[1:]) for m in encode_moments(self.model.vae, batch.pixels.flatten(0, 1)))
+        latents = sample_latents(mean, std if self.sample_latents else None, generator)
         conditions = batch.embeddings or encode_prompts(self.model.text_encoders, batch.input_ids)
         if self.prompt_dropout > 0:
             conditions = drop_conditions(conditions, self.empty_prompt(latents.device), self.prompt_dropout, generator)
@@ -336,18 +424,25 @@ class TextToImageAdapter:
     # -- building and saving -----------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config, reference: str, half: torch.dtype | None = None) -> TextToImageAdapter:
+    def from_config(
+        cls,
+        config,
+        reference: str,
+        half: torch.dtype | None = None,
+        empty_conditions: dict[str, Tensor] | None = None,
+    ) -> TextToImageAdapter:
         """Load the model of a :class:`~mmdpo.config.Config` and wrap it (LoRA on the UNet when configured).
 
         ``half`` is the mixed-precision dtype, if any: the text encoders and a frozen reference copy run in it.
+        With ``empty_conditions`` (training from the encode cache) the VAE and text encoders are not loaded.
         """
         from mmdpo.adapters.llm import DTYPES
         from mmdpo.data.images import GroupTransform
 
         section, data = config.model, config.data
-        model = load_text_to_image(section.path, DTYPES[section.dtype])
-        if section.vae_path is not None:
-            model.vae = AutoencoderKL.from_pretrained(section.vae_path)
+        model = load_text_to_image(section.path, DTYPES[section.dtype], encoders=empty_conditions is None)
+        if model.has_encoders and section.vae_path is not None:
+            model.load_encoders(section.vae_path)
         if section.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
         if section.lora is not None:
@@ -364,22 +459,28 @@ class TextToImageAdapter:
             reference_dtype=half,
             text_dtype=half or torch.float32,
             vae_dtype=DTYPES[section.vae_dtype],
+            vae_path=section.vae_path,
             transform=GroupTransform(data.resolution, crop=data.crop, flip=data.flip),
+            empty_conditions=empty_conditions,
         )
 
-    def pipeline(self, unet: UNet2DConditionModel | None = None):
-        """A diffusers pipeline over these parts (the policy UNet unless another is given), for sampling."""
+    @property
+    def pipeline_class(self) -> type:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        m = self.model
+        return StableDiffusionXLPipeline if self.model.sdxl else StableDiffusionPipeline
+
+    def pipeline(self, unet: UNet2DConditionModel | None = None):
+        """A diffusers pipeline over these parts (the policy UNet unless another is given), for sampling and saving."""
+        m = self.encoders()
         scheduler = m.sampling_scheduler or DDIMScheduler.from_config(m.scheduler.config)
         parts = {"vae": m.vae, "unet": unet or m.unet, "scheduler": scheduler}
         if m.sdxl:
-            return StableDiffusionXLPipeline(
+            return self.pipeline_class(
                 text_encoder=m.text_encoders[0], text_encoder_2=m.text_encoders[1],
                 tokenizer=m.tokenizers[0], tokenizer_2=m.tokenizers[1], **parts,
             )  # fmt: skip
-        return StableDiffusionPipeline(
+        return self.pipeline_class(
             text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], safety_checker=None,
             feature_extractor=None, requires_safety_checker=False, **parts,
         )  # fmt: skip
@@ -392,7 +493,7 @@ class TextToImageAdapter:
             from peft.utils import get_peft_model_state_dict
 
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-            type(self.pipeline()).save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
+            self.pipeline_class.save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
             return
         self.pipeline(unet).save_pretrained(directory)
 

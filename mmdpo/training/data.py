@@ -4,6 +4,7 @@ precomputed), or image groups whose images are checked once and decoded per batc
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -85,28 +86,35 @@ def prepare_datasets(
     return train_ds, eval_ds, dict(skipped)
 
 
-def prepare_image_datasets(config: Config) -> tuple[Dataset, Dataset | None, dict[str, int]]:
-    """Load image groups, check every image once, split; each row gets ``row_index`` (seeds its transform)."""
+def load_image_source(path: str, config: Config) -> GroupSet:
+    """Image groups of one source with every image checked once (unreadable ones fatal or skipped)."""
     from mmdpo.data.images import check_images, load_image_groups
 
     data = config.data
-    if data.path == "toy":
+    if path == "toy":
         raise ValueError("data.path=toy is the text task; give text-to-image training a dataset path.")
+    groups = load_image_groups(
+        path, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
+    )
+    return check_images(groups, data.bad_rows)
 
-    def load(path: str) -> GroupSet:
-        groups = load_image_groups(
-            path, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
-        )
-        return check_images(groups, data.bad_rows)
 
-    groups = load(data.path)
-    if data.eval_path is not None:
-        train_set, eval_set = groups, load(data.eval_path)
+def split_image_groups(
+    config: Config, groups: GroupSet, eval_groups: GroupSet | None
+) -> tuple[Dataset, Dataset | None, dict[str, int]]:
+    """Train and eval groups, each row with its ``row_index`` in its source (which seeds its transform and indexes
+    the encode cache); the eval set is ``eval_groups`` when given, else a seeded fraction of ``groups``."""
+
+    def indexed(group_set: GroupSet) -> GroupSet:
+        if "row_index" in group_set.dataset.column_names:
+            return group_set
+        dataset = group_set.dataset.add_column("row_index", list(range(len(group_set))))
+        return replace(group_set, dataset=dataset)
+
+    groups = indexed(groups)
+    if eval_groups is not None:
+        train_set, eval_set = groups, indexed(eval_groups)
     else:
-        train_set, eval_set = train_eval_split(groups, data.eval_fraction, seed=config.train.seed)
+        train_set, eval_set = train_eval_split(groups, config.data.eval_fraction, seed=config.train.seed)
     skipped = Counter(train_set.skipped) + Counter({} if eval_set is None else eval_set.skipped)
-
-    def indexed(ds: Dataset) -> Dataset:
-        return ds.add_column("row_index", list(range(len(ds))))
-
-    return indexed(train_set.dataset), None if eval_set is None else indexed(eval_set.dataset), dict(skipped)
+    return train_set.dataset, None if eval_set is None else eval_set.dataset, dict(skipped)

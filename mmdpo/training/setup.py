@@ -1,4 +1,4 @@
-"""From a config to what the loop needs, per modality: the adapter, the datasets and the collate function."""
+"""From a config to what the loop needs, per modality: the adapter, the datasets and the collate functions."""
 
 from __future__ import annotations
 
@@ -18,25 +18,24 @@ from mmdpo.objectives import Objective
 @dataclass
 class Setup:
     """An adapter (``scorer``, ``frozen_modules``, ``inputs``, ``policy_loglik``, ``reference_loglik``, ``save``),
-    its data, and ``collate(rows, epoch) -> batch``."""
+    its data, and ``collate(rows, epoch) -> batch`` for the train and the eval rows."""
 
     adapter: Any
     train: Dataset
     eval: Dataset | None
     skipped: dict[str, int]
     collate: Callable[[list[dict], int], Any]
+    eval_collate: Callable[[list[dict], int], Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.eval_collate = self.eval_collate or self.collate
 
 
 def set_up(config: Config, accelerator: Accelerator, objective: Objective, reference: str) -> Setup:
     """Load the model and the data the config names."""
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
     if modality(config.model) == "text_to_image":
-        from mmdpo.adapters.text_to_image import TextToImageAdapter
-        from mmdpo.training.data import prepare_image_datasets
-
-        adapter = TextToImageAdapter.from_config(config, reference, half)
-        train, evaluation, skipped = prepare_image_datasets(config)
-        return Setup(adapter, train, evaluation, skipped, partial(adapter.collate, seed=config.train.seed))
+        return _set_up_text_to_image(config, reference, half)
 
     from mmdpo.adapters.llm import LLMAdapter
     from mmdpo.training.data import prepare_datasets
@@ -46,3 +45,22 @@ def set_up(config: Config, accelerator: Accelerator, objective: Objective, refer
     mismatched = objective.name == "kto" and objective.hparams.get("kl", True)
     train, evaluation, skipped = prepare_datasets(config, adapter, accelerator, reference)
     return Setup(adapter, train, evaluation, skipped, lambda rows, epoch: adapter.collate(rows, mismatched=mismatched))
+
+
+def _set_up_text_to_image(config: Config, reference: str, half: torch.dtype | None) -> Setup:
+    """From the encode cache when there is one for this config (no VAE, no text encoders), else from images."""
+    from mmdpo.adapters.text_to_image import TextToImageAdapter
+    from mmdpo.training.data import load_image_source, split_image_groups
+    from mmdpo.training.encodings import open_encode_caches
+
+    caches = open_encode_caches(config)
+    if caches is not None:
+        adapter = TextToImageAdapter.from_config(config, reference, half, empty_conditions=caches[0].empty_prompt())
+        eval_groups = caches[1].group_set() if len(caches) > 1 else None
+        train, evaluation, skipped = split_image_groups(config, caches[0].group_set(), eval_groups)
+        return Setup(adapter, train, evaluation, skipped, caches[0].collate, caches[-1].collate)
+    adapter = TextToImageAdapter.from_config(config, reference, half)
+    data = config.data
+    eval_groups = None if data.eval_path is None else load_image_source(data.eval_path, config)
+    train, evaluation, skipped = split_image_groups(config, load_image_source(data.path, config), eval_groups)
+    return Setup(adapter, train, evaluation, skipped, partial(adapter.collate, seed=config.train.seed))

@@ -154,7 +154,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
             )
         shard = list(range(rank, len(eval_ds), world))
         eval_loader = DataLoader(
-            eval_ds.select(shard), batch_size=tc.batch_size, collate_fn=partial(setup.collate, epoch=0)
+            eval_ds.select(shard), batch_size=tc.batch_size, collate_fn=partial(setup.eval_collate, epoch=0)
         )
 
     state = {"step": 0, "objective_state": None}
