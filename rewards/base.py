@@ -19,8 +19,9 @@ class Reward(nn.Module, ABC):
     batches of ``batch_size`` under inference mode, on the device and in the dtype it was moved to with
     ``.to(device, dtype)``, and returns float32 scores on the CPU. A single prompt string applies to every item.
 
-    Model rewards also have ``from_pretrained(path_or_id, ...)`` (a local path, or a hub id that downloads only when
-    the network allows) and ``tiny()`` (random weights from a tiny config, for tests).
+    Model rewards also have ``from_pretrained(path_or_id, ..., device=None, dtype=None)`` (a local path, or a hub id
+    that downloads only when the network allows; float32 unless ``dtype`` says otherwise, whatever the checkpoint's
+    dtype) and ``tiny()`` (random weights from a tiny config, for tests).
     """
 
     name: str

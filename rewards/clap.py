@@ -55,8 +55,8 @@ class CLAPScore(Reward):
         dtype: torch.dtype | None = None,
     ) -> CLAPScore:
         """A CLAP model and its processor from one local folder or hub id (e.g. ``laion/larger_clap_general``)."""
-        model = ClapModel.from_pretrained(path_or_id)
-        return cls(model, ClapProcessor.from_pretrained(path_or_id), batch_size).to(device, dtype)
+        model = ClapModel.from_pretrained(path_or_id, dtype=dtype or torch.float32)
+        return cls(model, ClapProcessor.from_pretrained(path_or_id), batch_size).to(device)
 
     @classmethod
     def tiny(cls, seed: int = 0, **kwargs) -> CLAPScore:

@@ -74,9 +74,8 @@ class VLMJudge(Reward):
         dtype: torch.dtype | None = None,
     ) -> VLMJudge:
         """A model (``AutoModelForImageTextToText``) and its processor from one local folder or hub id."""
-        model = AutoModelForImageTextToText.from_pretrained(path_or_id)
-        judge = cls(model, AutoProcessor.from_pretrained(path_or_id), question, answers, batch_size)
-        return judge.to(device, dtype)
+        model = AutoModelForImageTextToText.from_pretrained(path_or_id, dtype=dtype or torch.float32)
+        return cls(model, AutoProcessor.from_pretrained(path_or_id), question, answers, batch_size).to(device)
 
     @classmethod
     def tiny(cls, seed: int = 0, **kwargs) -> VLMJudge:

@@ -210,7 +210,7 @@ class Aesthetic(Reward):
         the image tower of ``clip`` (see :func:`load_open_clip`); by default OpenAI's ViT-L/14, as the original."""
         model, preprocess, _ = load_open_clip(clip, clip_pretrained)
         if path_or_id.startswith(("https://", "http://")):
-            state = torch.hub.load_state_dict_from_url(path_or_id, map_location="cpu")
+            state = torch.hub.load_state_dict_from_url(path_or_id, map_location="cpu", weights_only=True)
         else:
             state = torch.load(checkpoint_file(path_or_id, AESTHETIC_HEAD), map_location="cpu")
         head = AestheticMLP(model.visual.output_dim)

@@ -51,8 +51,8 @@ class PickScore(Reward):
         """The model from a local folder or hub id, and the processor from ``processor``: by default the model's own
         folder, or LAION's CLIP-ViT-H-14 processor for the official checkpoint (which the model card loads)."""
         processor = processor or (PICKSCORE_PROCESSOR_ID if path_or_id == PICKSCORE_ID else path_or_id)
-        model = CLIPModel.from_pretrained(path_or_id)
-        return cls(model, CLIPProcessor.from_pretrained(processor), batch_size).to(device, dtype)
+        model = CLIPModel.from_pretrained(path_or_id, dtype=dtype or torch.float32)
+        return cls(model, CLIPProcessor.from_pretrained(processor), batch_size).to(device)
 
     @classmethod
     def tiny(cls, seed: int = 0, **kwargs) -> PickScore:

@@ -21,6 +21,8 @@ def test_pickscore_loads_a_model_folder_with_its_processor_or_a_separate_one(tmp
     loaded = PickScore.from_pretrained(str(tmp_path / "model"), str(tmp_path / "processor"), dtype=torch.bfloat16)
     assert loaded.dtype == torch.bfloat16
     torch.testing.assert_close(loaded(prompts, images), expected, atol=0.1, rtol=0.05)
+    tiny.model.to(torch.bfloat16).save_pretrained(tmp_path / "half")  # transformers would load it in bfloat16
+    assert PickScore.from_pretrained(str(tmp_path / "half"), str(tmp_path / "processor")).dtype == torch.float32
 
 
 def test_clipscore_loads_open_clips_hub_folder_layout_and_a_checkpoint_file(tmp_path, prompts, images):
