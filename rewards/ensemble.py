@@ -45,6 +45,15 @@ def _check_scores(scores: Tensor) -> None:
         raise ValueError("Scores hold NaN or infinite values; check the rewards' outputs.")
 
 
+def _reward_weights(weights: Sequence[float] | None, scores: Tensor) -> Tensor:
+    """[R] weights, ones by default."""
+    count = scores.shape[-1]
+    w = torch.ones(count, dtype=scores.dtype) if weights is None else torch.tensor(weights, dtype=scores.dtype)
+    if w.shape != (count,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be {count} non-negative numbers, not all 0; got {weights}.")
+    return w
+
+
 def win_counts(scores: Tensor) -> Tensor:
     """``C[p, i, r]``: how many of prompt p's other candidates reward r scores below candidate i, ties counting half.
 
@@ -78,10 +87,9 @@ def normalise(scores: Tensor, method: Literal["zscore", "rank"]) -> Tensor:
             raise ValueError("Rank normalisation needs at least 2 candidates per prompt.")
         return win_counts(scores) / (scores.shape[1] - 1)
     if method == "zscore":
-        centred = scores - scores.mean(dim=1, keepdim=True)
-        std = scores.std(dim=1, correction=0, keepdim=True)
-        spread = scores.amax(dim=1, keepdim=True) - scores.amin(dim=1, keepdim=True)  # exactly 0 when all are equal
-        return torch.where(spread > 0, centred / torch.where(spread > 0, std, 1.0), 0.0)
+        std = scores.std(dim=1, correction=0, keepdim=True)  # exactly 0 for equal values, unlike their centring
+        constant = std == 0
+        return ((scores - scores.mean(dim=1, keepdim=True)) / std.masked_fill(constant, 1.0)).masked_fill(constant, 0.0)
     raise ValueError(f"Normalisation {method!r} is unknown; use 'zscore' or 'rank'.")
 
 
@@ -98,13 +106,7 @@ def aggregate(scores: Tensor, method: Aggregation = "borda", weights: Sequence[f
         candidates with equal unweighted counts tie exactly.
     """
     _check_scores(scores)
-    w = (
-        torch.ones(scores.shape[-1], dtype=scores.dtype)
-        if weights is None
-        else torch.tensor(weights, dtype=scores.dtype)
-    )
-    if w.shape != scores.shape[-1:] or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be {scores.shape[-1]} non-negative numbers, not all 0; got {weights}.")
+    w = _reward_weights(weights, scores)
     if method == "borda":
         if scores.shape[1] < 2:
             raise ValueError("Borda aggregation needs at least 2 candidates per prompt.")
