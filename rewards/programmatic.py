@@ -12,26 +12,14 @@ import PIL.Image
 import torch
 from mmdpo.rewards.base import Reward
 from mmdpo.rewards.media import pixels
+from PIL import ImageColor
 from torch import Tensor
 
 BT601_LUMA = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma weights of R, G and B (they sum to 1, so white has luma 1)."""
 
-CSS_COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "orange": (255, 165, 0),
-    "yellow": (255, 255, 0),
-    "green": (0, 128, 0),
-    "blue": (0, 0, 255),
-    "purple": (128, 0, 128),
-    "pink": (255, 192, 203),
-    "brown": (165, 42, 42),
-    "black": (0, 0, 0),
-    "white": (255, 255, 255),
-    "grey": (128, 128, 128),
-    "gray": (128, 128, 128),
-}
-"""The palette of :class:`ColourMatch`: CSS named colours (CSS Color Module Level 4), sRGB 0-255."""
+COLOUR_NAMES = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey", "gray")
+"""The default palette of :class:`ColourMatch`: CSS named colours, with their sRGB values from ``PIL.ImageColor``."""
 
 
 class Brightness(Reward):
@@ -96,13 +84,15 @@ class ColourMatch(Reward):
     ``1 - ||m - c||_2 / sqrt(3)``, in [0, 1] (1 = exact match), and 0 when the prompt names no colour.
 
     Args:
-        palette: colour names to sRGB 0-255 triplets; CSS named colours by default (:data:`CSS_COLOURS`).
+        palette: colour names to sRGB 0-255 triplets; by default the CSS colours of :data:`COLOUR_NAMES` (e.g.
+            green is (0, 128, 0), orange (255, 165, 0)).
     """
 
     name = "colour_match"
 
-    def __init__(self, palette: Mapping[str, tuple[int, int, int]] = CSS_COLOURS, batch_size: int = 16):
+    def __init__(self, palette: Mapping[str, tuple[int, int, int]] | None = None, batch_size: int = 16):
         super().__init__(batch_size)
+        palette = {name: ImageColor.getrgb(name) for name in COLOUR_NAMES} if palette is None else palette
         self.palette = {name.lower(): torch.tensor(rgb, dtype=torch.float64) / 255 for name, rgb in palette.items()}
 
     def target(self, prompt: str) -> Tensor | None:

@@ -26,6 +26,8 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
     Qwen2Tokenizer,
     RobertaTokenizer,
 )
@@ -56,6 +58,12 @@ def _byte_vocab(specials: list[str]) -> dict[str, int]:
     return {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
 
 
+def _seeded(model_class: type[PreTrainedModel], config: PretrainedConfig, seed: int) -> PreTrainedModel:
+    """``model_class(config)`` with weights drawn after ``torch.manual_seed(seed)``, in eval mode."""
+    torch.manual_seed(seed)
+    return model_class(config).eval()
+
+
 def register_tiny_open_clip() -> str:
     """Register the tiny open_clip config (once per process) and return its architecture name."""
     if TINY_OPEN_CLIP not in open_clip.list_models():
@@ -82,8 +90,7 @@ def tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
         ),
         projection_dim=16,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    return CLIPModel(config).eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return _seeded(CLIPModel, config, seed), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def tiny_clap(seed: int = 0) -> tuple[ClapModel, ClapProcessor]:
@@ -109,8 +116,7 @@ def tiny_clap(seed: int = 0) -> tuple[ClapModel, ClapProcessor]:
         ),
         projection_dim=16,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    return ClapModel(config).eval(), ClapProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    return _seeded(ClapModel, config, seed), ClapProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 
 
 def tiny_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
@@ -140,5 +146,4 @@ def tiny_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProce
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).eval(), processor
+    return _seeded(LlavaForConditionalGeneration, config, seed), processor
