@@ -47,17 +47,14 @@ class VLMJudge(Reward):
         self.model, self.processor, self.question = model.eval(), processor, question
         self.answer_ids = [i[0] for i in ids]
 
+    def conversation(self, prompt: str) -> list[dict]:
+        """One user turn: the image, then the question about ``prompt``."""
+        question = self.question.replace("{prompt}", prompt)
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
     def score_batch(self, prompts: list[str], items: list[PIL.Image.Image]) -> Tensor:
-        turns = [
-            [
-                {
-                    "role": "user",
-                    "content": [{"type": "image"}, {"type": "text", "text": self.question.replace("{prompt}", p)}],
-                }
-            ]
-            for p in prompts
-        ]
-        texts = self.processor.apply_chat_template(turns, add_generation_prompt=True)
+        conversations = [self.conversation(prompt) for prompt in prompts]
+        texts = self.processor.apply_chat_template(conversations, add_generation_prompt=True)
         inputs = self.processor(images=items, text=texts, padding=True, padding_side="left", return_tensors="pt")
         logits = self.model(**inputs.to(self.device, self.dtype), logits_to_keep=1).logits[:, -1, self.answer_ids]
         return logits.float().softmax(-1)[:, 0]

@@ -55,10 +55,9 @@ def checkpoint_file(path_or_id: str, filename: str) -> str:
     return hf_hub_download(path_or_id, filename)
 
 
-def _pixels(preprocess: Preprocess, items: list[PIL.Image.Image], like: nn.Module) -> Tensor:
-    """The preprocessed images [n, 3, S, S] on the device and in the dtype of ``like``'s weights."""
-    weight = next(like.parameters())
-    return torch.stack([preprocess(image) for image in items]).to(weight.device, weight.dtype)
+def _pixels(preprocess: Preprocess, items: list[PIL.Image.Image]) -> Tensor:
+    """The preprocessed images, [n, 3, S, S]."""
+    return torch.stack([preprocess(image) for image in items])
 
 
 class OpenClipSimilarity(Reward):
@@ -68,8 +67,13 @@ class OpenClipSimilarity(Reward):
         super().__init__(batch_size)
         self.model, self.preprocess, self.tokenizer = model.eval(), preprocess, tokenizer
 
+    @classmethod
+    def tiny(cls, seed: int = 0, **kwargs) -> OpenClipSimilarity:
+        return cls(*tiny_open_clip(seed), **kwargs)
+
     def cosine(self, prompts: list[str], items: list[PIL.Image.Image]) -> Tensor:
-        images = self.model.encode_image(_pixels(self.preprocess, items, self.model), normalize=True)
+        pixels = _pixels(self.preprocess, items).to(self.device, self.dtype)
+        images = self.model.encode_image(pixels, normalize=True)
         texts = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
         return (images * texts).sum(-1)
 
@@ -108,10 +112,6 @@ class CLIPScore(OpenClipSimilarity):
         model, preprocess, tokenizer = load_open_clip(path_or_id, pretrained)
         return cls(model, preprocess, tokenizer, weight, batch_size).to(device, dtype)
 
-    @classmethod
-    def tiny(cls, seed: int = 0, **kwargs) -> CLIPScore:
-        return cls(*tiny_open_clip(seed), **kwargs)
-
 
 HPS_FILES = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}
 
@@ -141,10 +141,6 @@ class HPSv2(OpenClipSimilarity):
         checkpoint = torch.load(checkpoint_file(path_or_id, HPS_FILES[version]), map_location="cpu")
         model.load_state_dict(checkpoint["state_dict"])
         return cls(model, preprocess, tokenizer, batch_size).to(device, dtype)
-
-    @classmethod
-    def tiny(cls, seed: int = 0, **kwargs) -> HPSv2:
-        return cls(*tiny_open_clip(seed), **kwargs)
 
     def score_batch(self, prompts: list[str], items: list[PIL.Image.Image]) -> Tensor:
         return self.cosine(prompts, items)
@@ -192,7 +188,7 @@ class Aesthetic(Reward):
         self.visual, self.preprocess, self.head = visual.eval(), preprocess, head.eval()
 
     def score_batch(self, prompts: list[str], items: list[PIL.Image.Image]) -> Tensor:
-        embeddings = F.normalize(self.visual(_pixels(self.preprocess, items, self.visual)), dim=-1)
+        embeddings = F.normalize(self.visual(_pixels(self.preprocess, items).to(self.device, self.dtype)), dim=-1)
         return self.head(embeddings).squeeze(-1)
 
     @classmethod

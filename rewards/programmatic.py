@@ -33,7 +33,7 @@ class Brightness(Reward):
 
 
 def colourfulness(image: Tensor) -> Tensor:
-    """Hasler & Süsstrunk (2003), "Measuring colourfulness in natural images", eq. 3, on RGB in 0-255:
+    """Hasler & Süsstrunk (2003), "Measuring colourfulness in natural images", on RGB in 0-255:
     ``M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 * sqrt(mean(rg)^2 + mean(yb)^2)`` with ``rg = R - G``,
     ``yb = (R + G) / 2 - B`` and population standard deviations over the pixels."""
     r, g, b = image.double() * 255

@@ -1,4 +1,4 @@
-"""Tiny random reward backbones built in memory, for tests and the demo; nothing is downloaded.
+"""Tiny random reward backbones built in memory, for tests; nothing is downloaded.
 
 Sizes follow the verified offline recipes of ``reference/adapters_and_rewards.md`` §4 and §3.2: an open_clip
 config registered under :data:`TINY_OPEN_CLIP`, a 16-dimensional ``CLIPModel``, the 40 k-parameter ``ClapModel``
