@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from mmdpo.rewards.media import to_pil_images
 from torch import Tensor, nn
+
+from mmdpo.rewards.media import to_pil_images
 
 
 class Reward(nn.Module, ABC):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from mmdpo.rewards.base import Reward
-from mmdpo.rewards.media import Audio, to_waveforms
-from mmdpo.rewards.tiny import tiny_clap
 from torch import Tensor
 from torch.nn import functional as F
 from transformers import ClapModel, ClapProcessor
+
+from mmdpo.rewards.base import Reward
+from mmdpo.rewards.media import Audio, to_waveforms
+from mmdpo.rewards.tiny import tiny_clap
 
 
 class CLAPScore(Reward):

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from mmdpo.rewards.base import Reward
-from mmdpo.rewards.registry import load_reward
 from torch import Tensor
 
 from mmdpo.data.loaders import PAIRINGS, Pairing, expand_pairs
 from mmdpo.data.schema import RANKS
+from mmdpo.rewards.base import Reward
+from mmdpo.rewards.registry import load_reward
 
 Aggregation = Literal["borda", "zscore", "mean"]
 AGGREGATIONS = ("borda", "zscore", "mean")

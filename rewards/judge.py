@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import PIL.Image
 import torch
-from mmdpo.rewards.base import Reward
-from mmdpo.rewards.tiny import tiny_llava
 from torch import Tensor
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from mmdpo.rewards.base import Reward
+from mmdpo.rewards.tiny import tiny_llava
 
 VQASCORE_QUESTION = 'Does this figure show "{prompt}"? Please answer yes or no.'
 """The question template of VQAScore (Lin et al. 2024, arXiv 2404.01291, ``t2v_metrics``)."""

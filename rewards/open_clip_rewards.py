@@ -13,10 +13,11 @@ import open_clip
 import PIL.Image
 import torch
 from huggingface_hub import hf_hub_download
-from mmdpo.rewards.base import Reward
-from mmdpo.rewards.tiny import register_tiny_open_clip
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from mmdpo.rewards.base import Reward
+from mmdpo.rewards.tiny import register_tiny_open_clip
 
 Preprocess = Callable[[PIL.Image.Image], Tensor]
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import PIL.Image
 import torch
-from mmdpo.rewards.base import Reward
-from mmdpo.rewards.tiny import tiny_clip
 from torch import Tensor
 from torch.nn import functional as F
 from transformers import CLIPModel, CLIPProcessor
+
+from mmdpo.rewards.base import Reward
+from mmdpo.rewards.tiny import tiny_clip
 
 PICKSCORE_ID = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR_ID = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

@@ -10,10 +10,11 @@ from collections.abc import Mapping
 
 import PIL.Image
 import torch
-from mmdpo.rewards.base import Reward
-from mmdpo.rewards.media import pixels
 from PIL import ImageColor
 from torch import Tensor
+
+from mmdpo.rewards.base import Reward
+from mmdpo.rewards.media import pixels
 
 BT601_LUMA = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma weights of R, G and B (they sum to 1, so white has luma 1)."""

@@ -4,9 +4,10 @@ import itertools
 
 import pytest
 import torch
+from reward_images import solid
+
 from mmdpo.rewards import Brightness, CallableReward, ColourMatch, Ensemble, RankedGroups
 from mmdpo.rewards.ensemble import aggregate, dense_ranks, normalise, pairs, win_counts
-from reward_images import solid
 
 # One prompt, three candidates, two rewards: reward 0 says 0 > 2 > 1; reward 1 ties 0 and 1 below 2.
 TABLE = torch.tensor([[[3.0, 1.0], [1.0, 1.0], [2.0, 5.0]]])

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from mmdpo.rewards import Aesthetic, Audio, CLAPScore, CLIPScore, HPSv2, PickScore, VLMJudge
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
+
+from mmdpo.rewards import Aesthetic, Audio, CLAPScore, CLIPScore, HPSv2, PickScore, VLMJudge
 
 IMAGE_REWARDS = {cls.name: cls for cls in (PickScore, CLIPScore, HPSv2, Aesthetic, VLMJudge)}
 

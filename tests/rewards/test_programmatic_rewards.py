@@ -7,8 +7,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from mmdpo.rewards import Brightness, Colourfulness, ColourMatch, JpegCompressibility
 from reward_images import solid
+
+from mmdpo.rewards import Brightness, Colourfulness, ColourMatch, JpegCompressibility
 
 
 def test_brightness_of_solid_colours_is_their_bt601_luma():

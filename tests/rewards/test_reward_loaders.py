@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from mmdpo.rewards import Aesthetic, Audio, CLAPScore, CLIPScore, HPSv2, PickScore, VLMJudge, load_reward
 from mmdpo.rewards.tiny import TINY_OPEN_CLIP, TINY_OPEN_CLIP_CONFIG
-from safetensors.torch import save_file
 
 
 def test_pickscore_loads_a_model_folder_with_its_processor_or_a_separate_one(tmp_path, prompts, images):

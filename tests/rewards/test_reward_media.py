@@ -4,10 +4,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from mmdpo.rewards import Audio, Brightness, CallableReward, Colourfulness, to_pil_images, to_waveforms
-from mmdpo.rewards.media import resample
 from reward_images import solid
 from torchvision.transforms.v2 import functional as F
+
+from mmdpo.rewards import Audio, Brightness, CallableReward, Colourfulness, to_pil_images, to_waveforms
+from mmdpo.rewards.media import resample
 
 
 def test_tensors_and_pil_images_convert_alike(images):

@@ -1,6 +1,7 @@
 """Rewards by name, as configs give them."""
 
 import pytest
+
 from mmdpo.rewards import REWARDS, ColourMatch, JpegCompressibility, PickScore, load_reward
 
 
