@@ -108,6 +108,21 @@ class ObjectiveSection:
 
 
 @dataclass
+class SamplesSection:
+    """Text-to-image validation samples: a grid of the policy's images for fixed prompts and seeds, written to
+    ``<output_dir>/samples/step-N.png`` (and TensorBoard) before training, every ``every`` steps and at the end.
+
+    ``prompts`` default to the first four held-out prompts; ``seeds`` images per prompt; the pipeline's own scheduler
+    with ``steps`` steps and classifier-free ``guidance_scale``."""
+
+    every: int | None = None
+    prompts: list[str] | None = None
+    seeds: int = 2
+    steps: int = 25
+    guidance_scale: float = 5.0
+
+
+@dataclass
 class TrainSection:
     """The optimisation loop; ``batch_size`` is per process, the global batch is batch_size * grad_accum * processes."""
 
@@ -132,6 +147,7 @@ class TrainSection:
     tensorboard: bool = True
     plots: bool = True
     progress: bool = True
+    samples: SamplesSection = field(default_factory=SamplesSection)
 
 
 @dataclass
@@ -296,8 +312,13 @@ def validate(config: Config) -> None:
             )
         if not 0 <= model.prompt_dropout < 1:
             raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
+        samples = train.samples
+        for name in ("every", "seeds", "steps"):
+            if getattr(samples, name) is not None and getattr(samples, name) < 1:
+                raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
         return
-    for where, section, names in (("model", model, IMAGE_MODEL_FIELDS), ("data", config.data, IMAGE_DATA_FIELDS)):
+    image_fields = (("model", model, IMAGE_MODEL_FIELDS), ("data", config.data, IMAGE_DATA_FIELDS))
+    for where, section, names in (*image_fields, ("train", train, ("samples",))):
         for name in names:
             if getattr(section, name) != getattr(type(section)(), name):
                 raise ConfigError(

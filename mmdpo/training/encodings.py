@@ -29,6 +29,7 @@ def build_encode_caches(config: Config, accelerator: Accelerator | None = None) 
         collate_images,
         encode_moments,
         encode_prompts,
+        freeze,
         load_encoders,
         tokenize_prompts,
     )
@@ -43,8 +44,8 @@ def build_encode_caches(config: Config, accelerator: Accelerator | None = None) 
 
         vae = AutoencoderKL.from_pretrained(model.vae_path)
     device = accelerator.device
-    vae = vae.to(device, DTYPES[model.vae_dtype]).eval().requires_grad_(False)
-    text_encoders = [e.to(device, DTYPES[text_dtype_name(config)]).eval().requires_grad_(False) for e in text_encoders]
+    vae = freeze(vae, DTYPES[model.vae_dtype], device)
+    text_encoders = [freeze(encoder, DTYPES[text_dtype_name(config)], device) for encoder in text_encoders]
     transform = GroupTransform(data.resolution, crop=data.crop, flip=data.flip)
     encoders = Encoders(
         encode_prompts=lambda prompts: {

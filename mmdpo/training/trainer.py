@@ -30,7 +30,7 @@ from transformers import get_scheduler
 from mmdpo.config import Config, resolved_reference
 from mmdpo.objectives import Objective, get_objective
 from mmdpo.training import checkpoint
-from mmdpo.training.logs import RunLog, plot_curves
+from mmdpo.training.logs import RunLog, image_grid, plot_curves
 from mmdpo.training.setup import set_up
 
 
@@ -93,6 +93,15 @@ class Step:
             reference = self.adapter.reference_loglik(batch, inputs)
         policy = self.adapter.policy_loglik(self.scorer, batch, inputs)
         return self.objective(policy, reference, batch.prefs, state)
+
+
+def write_samples(adapter, samples, prompts: list[str], step: int, log: RunLog, autocast: Callable) -> None:
+    """The validation grid of the policy's images (text-to-image): prompts by rows, seeds by columns."""
+    with autocast():
+        images = adapter.generate(
+            prompts, range(samples.seeds), steps=samples.steps, guidance_scale=samples.guidance_scale
+        )
+    log.images(step, image_grid(images, prompts, [f"seed {seed}" for seed in range(samples.seeds)]))
 
 
 def _mean_metrics(records: list[dict[str, torch.Tensor]], accelerator: Accelerator) -> dict[str, float]:
@@ -173,6 +182,10 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         result.eval_before = evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed)
         if accelerator.is_main_process:
             log.write(0, result.eval_before)
+    sampling = tc.samples.every is not None and accelerator.is_main_process
+    prompts = tc.samples.prompts or list(dict.fromkeys((eval_ds or train_ds)["prompt"]))[:4] if sampling else []
+    if sampling and state["step"] == 0:
+        write_samples(adapter, tc.samples, prompts, 0, log, accelerator.autocast)
 
     batches = micro_batches(
         train_ds, setup.collate, tc, world=world, rank=rank, per_epoch=per_epoch, start_step=state["step"],
@@ -224,6 +237,8 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
             result.history.append({"step": step, **metrics})
             if on_step is not None:
                 on_step(step, metrics)
+        if sampling and (step % tc.samples.every == 0 or step == total_steps):
+            write_samples(adapter, tc.samples, prompts, step, log, accelerator.autocast)
         if tc.save_every and step % tc.save_every == 0 and step != total_steps:
             _check_finite(nonfinite, step)
             checkpoint.save(output_dir, step, accelerator, schedule, state, tc.keep_checkpoints)
