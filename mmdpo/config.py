@@ -78,7 +78,9 @@ class DataSection:
     """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task).
 
     ``resolution``, ``crop`` and ``flip`` (probability of a horizontal flip) are the image transform of
-    text-to-image data, applied identically to every candidate of a group. ``encode_cache``: ``auto`` trains from
+    text-to-image data, applied identically to every candidate of a group. Held-out groups come from
+    ``eval_path`` / ``eval_split`` when either is set (e.g. Pick-a-Pic's ``test_unique``), else they are a seeded
+    ``eval_fraction`` of the data. ``encode_cache``: ``auto`` trains from
     the cache that ``mmdpo cache`` wrote for this config when there is one (and encodes on the fly otherwise),
     ``require`` fails without it, ``off`` never reads it; ``cache_dtype`` is what the cache stores."""
 
@@ -86,6 +88,7 @@ class DataSection:
     format: str = "auto"
     split: str = "train"
     eval_path: str | None = None
+    eval_split: str | None = None
     eval_fraction: float = 0.1
     ties: Literal["drop", "keep"] = "drop"
     bad_rows: Literal["error", "skip"] = "error"
@@ -97,6 +100,16 @@ class DataSection:
     flip: float = 0.0
     encode_cache: Literal["auto", "require", "off"] = "auto"
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @property
+    def sources(self) -> list[tuple[str, str]]:
+        """(path, split) of the training groups, then of the held-out groups when they are a source of their own:
+        ``eval_path`` and/or ``eval_split`` set (each defaulting to ``path`` and ``split``); else the held-out groups
+        are a seeded ``eval_fraction`` of the training source."""
+        held_out = self.eval_path is not None or self.eval_split is not None
+        return [(self.path, self.split)] + (
+            [(self.eval_path or self.path, self.eval_split or self.split)] if held_out else []
+        )
 
 
 @dataclass
@@ -133,6 +146,7 @@ class TrainSection:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 5e-6
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     scheduler: str = "cosine"

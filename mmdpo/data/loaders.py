@@ -149,7 +149,9 @@ def _pick_split(tables: Dataset | Mapping[str, Any], split: str, where: str) -> 
     if isinstance(tables, Dataset):
         tables = {"train": tables}
     if split not in tables:
-        raise ValueError(f"data.split={split!r} is not in {where}, which has: {', '.join(tables)}.")
+        raise ValueError(
+            f"The split {split!r} is not in {where}, which has: {', '.join(tables)}; set data.split (or data.eval_split)."
+        )
     return tables[split]
 
 

@@ -19,11 +19,11 @@ from mmdpo.training.reference import model_fingerprint, precompute_reference
 TOY_GROUPS = 512
 
 
-def _groups(path: str, config: Config) -> GroupSet:
+def _groups(path: str, split: str, config: Config) -> GroupSet:
     data = config.data
     source = toy_groups(TOY_GROUPS, seed=config.train.seed) if path == "toy" else path
     return load_groups(
-        source, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
+        source, format=data.format, split=split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
     )
 
 
@@ -49,10 +49,11 @@ def prepare_datasets(
 ) -> tuple[Dataset, Dataset | None, dict[str, int]]:
     """Load, split and tokenise the data; precompute reference values when configured."""
     data = config.data
-    groups = _groups(data.path, config)
+    sources = [_groups(path, split, config) for path, split in data.sources]
+    groups = sources[0]
     skipped = Counter(groups.skipped)
-    if data.eval_path is not None:
-        train_set, eval_set = groups, _groups(data.eval_path, config)
+    if len(sources) > 1:
+        train_set, eval_set = groups, sources[1]
     else:
         train_set, eval_set = train_eval_split(groups, data.eval_fraction, seed=config.train.seed)
     train_ds = tokenize(train_set.dataset, llm, data.bad_rows, skipped)
@@ -86,7 +87,7 @@ def prepare_datasets(
     return train_ds, eval_ds, dict(skipped)
 
 
-def load_image_source(path: str, config: Config) -> GroupSet:
+def load_image_source(path: str, split: str, config: Config) -> GroupSet:
     """Image groups of one source with every image checked once (unreadable ones fatal or skipped)."""
     from mmdpo.data.images import check_images, load_image_groups
 
@@ -94,7 +95,7 @@ def load_image_source(path: str, config: Config) -> GroupSet:
     if path == "toy":
         raise ValueError("data.path=toy is the text task; give text-to-image training a dataset path.")
     groups = load_image_groups(
-        path, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
+        path, format=data.format, split=split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
     )
     return check_images(groups, data.bad_rows)
 

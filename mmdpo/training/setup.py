@@ -60,7 +60,6 @@ def _set_up_text_to_image(config: Config, reference: str, half: torch.dtype | No
         train, evaluation, skipped = split_image_groups(config, caches[0].group_set(), eval_groups)
         return Setup(adapter, train, evaluation, skipped, caches[0].collate, caches[-1].collate)
     adapter = TextToImageAdapter.from_config(config, reference, half)
-    data = config.data
-    eval_groups = None if data.eval_path is None else load_image_source(data.eval_path, config)
-    train, evaluation, skipped = split_image_groups(config, load_image_source(data.path, config), eval_groups)
+    groups = [load_image_source(path, split, config) for path, split in config.data.sources]
+    train, evaluation, skipped = split_image_groups(config, groups[0], groups[1] if len(groups) > 1 else None)
     return Setup(adapter, train, evaluation, skipped, partial(adapter.collate, seed=config.train.seed))

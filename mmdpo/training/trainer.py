@@ -69,6 +69,21 @@ def micro_batches(
         epoch, offset = epoch + 1, 0
 
 
+def make_optimizer(params: list[torch.nn.Parameter], tc, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA), or Adafactor with a fixed learning rate as the official SDXL Diffusion-DPO uses it to
+    fit a full fine-tune (no relative step, no parameter scaling, update clipping at 1)."""
+    if tc.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            params, lr=tc.lr, weight_decay=tc.weight_decay, clip_threshold=1.0, scale_parameter=False,
+            relative_step=False,
+        )  # fmt: skip
+    return torch.optim.AdamW(
+        params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, fused=device.type == "cuda"
+    )
+
+
 def noise_seed(seed: int, rank: int, step: int, micro: int) -> int:
     """The seed of one micro-batch's randomness (diffusion noise, timesteps, dropout), a pure function of where
     it falls, so a resumed run draws exactly what the uninterrupted run drew."""
@@ -145,9 +160,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
     total_steps = tc.max_steps or per_epoch * tc.epochs
 
     params = [p for p in adapter.scorer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, fused=accelerator.device.type == "cuda"
-    )
+    optimizer = make_optimizer(params, tc, accelerator.device)
     schedule = get_scheduler(tc.scheduler, optimizer, int(tc.warmup_ratio * total_steps), total_steps)
     scorer, optimizer = accelerator.prepare(adapter.scorer, optimizer)
     for module in adapter.frozen_modules:

@@ -1,44 +1,14 @@
 """End-to-end text-to-image training on tiny models: equality at the start, resume, saving."""
 
-import io
 import math
 
 import pytest
 import torch
-from datasets import Dataset
 from PIL import Image
 
 from mmdpo.config import load_config
 from mmdpo.training.logs import read_metrics
 from mmdpo.training.trainer import train
-
-
-def png(color, size=(20, 24)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def pickapic(tmp_path_factory):
-    """Pick-a-Pic-style pairs: the brighter image wins."""
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(24):
-        dark, bright = torch.randint(0, 100, (3,), generator=g), torch.randint(156, 256, (3,), generator=g)
-        first_wins = i % 2 == 0
-        a, b = (bright, dark) if first_wins else (dark, bright)
-        rows.append(
-            {
-                "caption": f"a picture number {i}",
-                "jpg_0": png(tuple(a.tolist())),
-                "jpg_1": png(tuple(b.tolist())),
-                "label_0": 1.0 if first_wins else 0.0,
-            }
-        )
-    path = tmp_path_factory.mktemp("pickapic") / "train.parquet"
-    Dataset.from_list(rows).to_parquet(path)
-    return path
 
 
 def run(tmp_path, data, *overrides, name="run", on_step=None):
