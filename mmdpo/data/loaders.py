@@ -150,7 +150,7 @@ def _pick_split(tables: Dataset | Mapping[str, Any], split: str, where: str) -> 
         tables = {"train": tables}
     if split not in tables:
         raise ValueError(
-            f"The split {split!r} is not in {where}, which has: {', '.join(tables)}; set data.split (or data.eval_split)."
+            f"The split {split!r} is not in {where}, which has: {', '.join(tables)}; set data.split (or eval_split)."
         )
     return tables[split]
 
