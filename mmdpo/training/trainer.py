@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -211,6 +212,8 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         disable=not (tc.progress and accelerator.is_main_process),
     )
     scorer.train()
+    groups_per_step = tc.batch_size * tc.grad_accum * world
+    clock = (time.perf_counter(), state["step"])
     pending: list[dict[str, torch.Tensor]] = []
     grad_norms: list[torch.Tensor] = []
     nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
@@ -232,12 +235,16 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         state["step"] = step
         bar.update(1)
 
-        if step % tc.log_every == 0 or step == total_steps:
+        logged = step % tc.log_every == 0 or step == total_steps
+        if logged:
             _check_finite(nonfinite, step)
             metrics = _mean_metrics(pending, accelerator)
             metrics["lr"] = schedule.get_last_lr()[0]
             if grad_norms:
                 metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
+            metrics["throughput/groups_per_s"] = groups_per_step * (step - clock[1]) / (time.perf_counter() - clock[0])
+            if accelerator.device.type == "cuda":
+                metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
             pending, grad_norms = [], []
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('rewards/accuracies', float('nan')):.2f}")
             if eval_loader is not None and tc.eval_every and step % tc.eval_every == 0 and step != total_steps:
@@ -255,6 +262,8 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         if tc.save_every and step % tc.save_every == 0 and step != total_steps:
             _check_finite(nonfinite, step)
             checkpoint.save(output_dir, step, accelerator, schedule, state, tc.keep_checkpoints)
+        if logged:  # throughput counts training steps only, not evaluation, samples or checkpoints
+            clock = (time.perf_counter(), step)
     bar.close()
 
     accelerator.wait_for_everyone()
