@@ -57,7 +57,7 @@ class _MaskNetwork(nn.Module):
 
 
 class TokenMask(nn.Module):
-    """SparsePO's learned token masks (Christopoulou et al. 2024, arXiv 2410.05102, Sec. 3.2; official ``simple_all``).
+    """SparsePO's learned token masks (Christopoulou et al. 2024, arXiv 2410.05102; the official ``simple_all``).
 
     Every decoder layer's reference hidden state at a token goes through one LayerNorm, its own Linear(H, 1)
     and a ReLU; a bias-free Linear(L, 1) mixes the layers and a ReLU gives a mask >= 0 (not capped at 1).

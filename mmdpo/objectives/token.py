@@ -72,7 +72,7 @@ def tdpo(
     alpha: float = 0.5,
     variant: Literal["tdpo1", "tdpo2"] = "tdpo2",
 ) -> ObjectiveOutput:
-    """TDPO (Zeng et al. 2024, arXiv 2404.11999, Eq. 17 and 18), as ``tdpo_loss`` in the official code.
+    """TDPO (Zeng et al., ICML 2024, arXiv 2404.11999; its TDPO1 and TDPO2 losses), as the official ``tdpo_loss``.
 
     With u = r(y_w) - r(y_l) and the sequential KL D(y) = sum_t KL(pi_ref(.|x, y<t) || pi_theta(.|x, y<t)):
     ``tdpo1`` -logsig(beta (u - (D(y_l) - D(y_w)))); ``tdpo2`` -logsig(beta (u - alpha (D(y_l) - sg D(y_w)))).
@@ -132,7 +132,7 @@ def sparsepo(
     l1_u: float = 0.0,
     l1_d: float = 0.0,
 ) -> ObjectiveOutput:
-    """SparsePO (Christopoulou et al. 2024, arXiv 2410.05102, Eq. 9-11), as the official ``SparseTrainer``.
+    """SparsePO (Christopoulou et al. 2024, arXiv 2410.05102; its masked TDPO loss), as the official ``SparseTrainer``.
 
     -logsig(beta (u - d)) with u = sum_t m^u_t r_t(y_w) - sum_t m^u_t r_t(y_l) and d the same sums of
     m^d_t k_t, k_t = -KL_t (the per-token KL of TDPO). With every mask 1 this is TDPO1.
@@ -174,7 +174,7 @@ def sparsepo(
 def tgdpo(
     policy: LogLik, reference: LogLik, prefs: Preferences, *, beta: float = 0.1, alpha: float = 0.5
 ) -> ObjectiveOutput:
-    """TGDPO (Zhu et al. 2025, arXiv 2506.14574, Eq. 14), as the official ``dpo_loss`` (``tgdpo_alpha``).
+    """TGDPO (Zhu et al., ICML 2025, arXiv 2506.14574; its practical loss), as the official ``dpo_loss``.
 
     -logsig( sum_t beta (1 + alpha beta rhat_t) r_t(y_w) - sum_t beta (1 - alpha beta rhat_t) r_t(y_l) ) with
     the token reward rhat_t = log pi_guide(y_t) - log pi_ref(y_t) of a guidance model (any DPO/SimPO-trained
@@ -198,7 +198,7 @@ _DPO = pairwise(dpo)
 
 
 def step_dpo(policy: LogLik, reference: LogLik, prefs: Preferences, *, beta: float = 0.5) -> ObjectiveOutput:
-    """Step-DPO (Lai et al. 2024, arXiv 2406.18629, Eq. 3): DPO on the first erroneous step only.
+    """Step-DPO (Lai et al. 2024, arXiv 2406.18629; its step-wise DPO loss): DPO on the first erroneous step only.
 
     The correct steps both candidates share are part of the condition (the prompt), so the chosen step
     and the rejected (first wrong) step are scored in the same context; tokens of later steps
