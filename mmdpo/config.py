@@ -287,7 +287,7 @@ def validate(config: Config) -> None:
     """Fail on option combinations that cannot work, naming both options."""
     try:
         objective = get_objective(config.objective.name, **config.objective.hparams)
-        objective.extras  # noqa: B018 - checks the options that decide what the adapter computes
+        extras = objective.extras  # also checks the options that decide what the adapter computes
     except ValueError as err:
         raise ConfigError(str(err)) from err
     model, train = config.model, config.train
@@ -299,17 +299,17 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
         )
-    if model.reference == "precomputed" and "token_kl" in objective.extras:
+    if model.reference == "precomputed" and "token_kl" in extras:
         raise ConfigError(
             f"model.reference=precomputed cannot serve objective.name={objective.name}: its per-token KL needs the "
             "reference's whole distribution at every token, which is not stored; use copy or adapter (with model.lora)."
         )
-    if "guidance" in objective.extras and model.guidance_path is None:
+    if "guidance" in extras and model.guidance_path is None:
         raise ConfigError(
             f"objective.name={objective.name} needs model.guidance_path: the guidance model whose per-token log-probs "
             "weigh each token (e.g. a DPO- or SimPO-trained model with the policy's tokenizer)."
         )
-    if model.guidance_path is not None and "guidance" not in objective.extras:
+    if model.guidance_path is not None and "guidance" not in extras:
         raise ConfigError(
             f"model.guidance_path is read by objective tgdpo only, but objective.name={objective.name}; remove it."
         )
