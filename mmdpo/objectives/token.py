@@ -109,7 +109,7 @@ def rescaled_activations(layer_means: Tensor, real: Tensor) -> Tensor:
     """``[B, K, U]`` non-learned token masks from ``[B, K, U, L]`` per-layer mean activations.
 
     Per layer and response, the activation is z-normalised and min-max rescaled to [0, 1] over the real
-    tokens (MaPO's ``zn_rescale``; the z-score cancels, leaving min-max), then the layers are averaged. A
+    tokens (the official ``zn_rescale``; the z-score cancels, leaving min-max), then the layers are averaged. A
     response whose activation is constant over its tokens gets mask 1 (the official code divides by zero).
     """
     x = layer_means.float()
@@ -143,8 +143,9 @@ def sparsepo(
     states, trained with the policy. The loss adds l1_u (||m^u_w||_1 + ||m^u_l||_1) + l1_d (||m^d_w||_1 +
     ||m^d_l||_1), with both coefficients halved for a shared mask as the official code does. ``reference``:
     one non-learned mask for u and d from the reference's activations (:func:`rescaled_activations`, the
-    paper's MaPO variant; the official code hooks MLP and attention internals through patched model files,
-    this reads the output of every decoder layer, which any transformers model gives), no L1 term.
+    paper's "MaPO", unrelated to the diffusion objective ``mapo``; the official code hooks MLP and attention
+    internals through patched model files, this reads every decoder layer's output, which any transformers
+    model gives), no L1 term.
     beta = 0.1 as the official config (its IMDB and TL;DR recipes: 0.8). The reward logged is
     beta (sum_t m^u_t r_t + sum_t m^d_t KL_t), the value the loss compares (the official code logs it with the
     KL's sign flipped); ``kl/*`` is the unmasked D; ``mask/mean`` and ``mask/sparsity`` (the share of real
