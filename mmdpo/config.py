@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from mmdpo.objectives import get_objective
+from mmdpo.objectives import TOKEN_LEVEL, get_objective
 
 
 class ConfigError(ValueError):
@@ -53,7 +53,9 @@ class ModelSection:
     ``tiny:llama``, ``tiny:qwen2``, ``tiny:mistral``, ``tiny:sd15``, ``tiny:sdxl``).
 
     ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image,
-    anything else a causal LM. The fields after ``trust_remote_code`` apply to text-to-image models only."""
+    anything else a causal LM. ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer),
+    run frozen in the reference's dtype; with ``reference=precomputed`` its values are precomputed too. The fields
+    after it apply to text-to-image models only."""
 
     path: str = "tiny:llama"
     modality: Literal["auto", "llm", "text_to_image"] = "auto"
@@ -66,6 +68,7 @@ class ModelSection:
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    guidance_path: str | None = None
     noising: NoisingSection = field(default_factory=NoisingSection)
     prompt_dropout: float = 0.0
     latents: Literal["sample", "mean"] = "sample"
@@ -298,6 +301,7 @@ def validate(config: Config) -> None:
     """Fail on option combinations that cannot work, naming both options."""
     try:
         objective = get_objective(config.objective.name, **config.objective.hparams)
+        extras = objective.extras  # also checks the options that decide what the adapter computes
     except ValueError as err:
         raise ConfigError(str(err)) from err
     model, train = config.model, config.train
@@ -309,6 +313,20 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
         )
+    if model.reference == "precomputed" and "token_kl" in extras:
+        raise ConfigError(
+            f"model.reference=precomputed cannot serve objective.name={objective.name}: its per-token KL needs the "
+            "reference's whole distribution at every token, which is not stored; use copy or adapter (with model.lora)."
+        )
+    if "guidance" in extras and model.guidance_path is None:
+        raise ConfigError(
+            f"objective.name={objective.name} needs model.guidance_path: the guidance model whose per-token log-probs "
+            "weigh each token (e.g. a DPO- or SimPO-trained model with the policy's tokenizer)."
+        )
+    if model.guidance_path is not None and "guidance" not in extras:
+        raise ConfigError(
+            f"model.guidance_path is read by objective tgdpo only, but objective.name={objective.name}; remove it."
+        )
     if model.layout == "shared" and model.attn_implementation not in {"sdpa", "eager"}:
         raise ConfigError(
             f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
@@ -319,6 +337,11 @@ def validate(config: Config) -> None:
     if not 0 <= config.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
     if modality(model) == "text_to_image":
+        if objective.name in TOKEN_LEVEL:
+            raise ConfigError(
+                f"objective.name={objective.name} is token-level and needs a causal LM, but model.path={model.path!r} "
+                "is a text-to-image model; pick a sequence-level objective."
+            )
         if model.reference == "precomputed":
             raise ConfigError(
                 "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "

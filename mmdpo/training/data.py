@@ -61,30 +61,39 @@ def prepare_datasets(
 
     if reference_kind == "precomputed":
         cache_dir = Path(data.cache_dir or Path(config.train.output_dir) / "cache")
-        key = {
-            "model": model_fingerprint(llm.scorer.model),
-            "max_length": llm.max_length,
-            "mixed_precision": config.train.mixed_precision,
-        }
-
-        llm.scorer.to(accelerator.device)
-
-        def score(rows: list[dict]):
-            batch = llm.collate(rows).to(accelerator.device)
-            with accelerator.autocast():
-                return llm.scorer(**batch.model_inputs())[0]
-
-        def attach(ds: Dataset) -> Dataset:
-            if accelerator.is_main_process:
-                precompute_reference(ds, score, batch_size=config.train.batch_size, cache_dir=cache_dir, key_parts=key)
-            accelerator.wait_for_everyone()
-            return precompute_reference(
-                ds, score, batch_size=config.train.batch_size, cache_dir=cache_dir, key_parts=key
+        frozen = {"reference_logps": llm.scorer}
+        if llm.guidance_scorer is not None:  # every frozen model's values travel with the data
+            frozen["guidance_logps"] = llm.guidance_scorer
+        for column, scorer in frozen.items():
+            train_ds = attach_values(train_ds, column, scorer, llm, config, accelerator, cache_dir)
+            eval_ds = (
+                None if eval_ds is None else attach_values(eval_ds, column, scorer, llm, config, accelerator, cache_dir)
             )
-
-        train_ds = attach(train_ds)
-        eval_ds = None if eval_ds is None else attach(eval_ds)
+        llm.guidance_scorer = None
     return train_ds, eval_ds, dict(skipped)
+
+
+def attach_values(
+    ds: Dataset, column: str, scorer, llm: LLMAdapter, config: Config, accelerator: Accelerator, cache_dir: Path
+) -> Dataset:
+    """``ds`` plus a ``column`` of ``scorer``'s per-token log-probs, computed once on the main process and cached."""
+    key = {
+        "model": model_fingerprint(scorer.model),
+        "max_length": llm.max_length,
+        "mixed_precision": config.train.mixed_precision,
+    }
+    scorer.to(accelerator.device)
+
+    def score(rows: list[dict]):
+        batch = llm.collate(rows).to(accelerator.device)
+        with accelerator.autocast():
+            return scorer(**batch.model_inputs())["values"]
+
+    settings = {"batch_size": config.train.batch_size, "cache_dir": cache_dir, "key_parts": key, "column": column}
+    if accelerator.is_main_process:
+        precompute_reference(ds, score, **settings)
+    accelerator.wait_for_everyone()
+    return precompute_reference(ds, score, **settings)
 
 
 def load_image_source(path: str, split: str, config: Config) -> GroupSet:

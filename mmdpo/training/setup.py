@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset
 
-from mmdpo.config import Config, modality
+from mmdpo.config import Config, ConfigError, modality
 from mmdpo.objectives import Objective
 
 
@@ -40,10 +40,14 @@ def set_up(config: Config, accelerator: Accelerator, objective: Objective, refer
     from mmdpo.adapters.llm import LLMAdapter
     from mmdpo.training.data import prepare_datasets
 
-    wpo = bool(config.objective.hparams.get("wpo"))
-    adapter = LLMAdapter.from_config(config.model, reference, wpo=wpo, reference_dtype=half)
-    mismatched = objective.name == "kto" and objective.hparams.get("kl", True)
+    adapter = LLMAdapter.from_config(config.model, reference, extras=objective.extras, reference_dtype=half)
     train, evaluation, skipped = prepare_datasets(config, adapter, accelerator, reference)
+    if "step_index" in objective.extras and (len(train) == 0 or train[0]["step_ids"] is None):
+        raise ConfigError(
+            f"objective.name={objective.name} needs step data, but data.path={config.data.path!r} has no steps; "
+            "give the steps or step_dpo format (see mmdpo.data.loaders)."
+        )
+    mismatched = "mismatched" in objective.extras
     return Setup(adapter, train, evaluation, skipped, lambda rows, epoch: adapter.collate(rows, mismatched=mismatched))
 
 

@@ -21,9 +21,9 @@ def test_bf16_logprobs_on_cuda_track_fp32(tokenizer, layout):
     ]
     batch = collate(rows, pad_token_id=tokenizer.pad_token_id, layout=layout).to("cuda")
     scorer = CausalLMScorer(model)
-    exact, _ = scorer(**batch.model_inputs())
+    exact = scorer(**batch.model_inputs())["values"]
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        half, _ = scorer(**batch.model_inputs())
+        half = scorer(**batch.model_inputs())["values"]
     assert half.dtype == torch.float32  # log-probs always come out in fp32
     torch.testing.assert_close(half.sum(-1), exact.sum(-1), atol=0.5, rtol=0.02)
 
