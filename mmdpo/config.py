@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -50,15 +51,18 @@ class NoisingSection:
 @dataclass
 class ModelSection:
     """What to train. ``path`` is a local directory, a hub id, or ``tiny:<arch>`` (a random model built in memory:
-    ``tiny:llama``, ``tiny:qwen2``, ``tiny:mistral``, ``tiny:sd15``, ``tiny:sdxl``).
+    ``tiny:llama``, ``tiny:qwen2``, ``tiny:mistral``, ``tiny:sd15``, ``tiny:sdxl``, and the vision-language
+    ``tiny:llava``, ``tiny:qwen2_vl``, ``tiny:qwen2_5_vl``, ``tiny:idefics3``, ``tiny:paligemma``).
 
-    ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image,
-    anything else a causal LM. ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer),
-    run frozen in the reference's dtype; with ``reference=precomputed`` its values are precomputed too. The fields
-    after it apply to text-to-image models only."""
+    ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image, a
+    checkpoint whose ``config.json`` names an image-text-to-text architecture a vision-language model (``vlm``),
+    anything else a causal LM. ``train_vision`` (VLMs) trains the vision tower and the projector too; by default
+    they are frozen and LoRA adapts the language model only. ``guidance_path`` is TGDPO's guidance model (a path
+    like ``path``, same tokenizer), run frozen in the reference's dtype; with ``reference=precomputed`` its values
+    are precomputed too. The fields after it apply to text-to-image models only."""
 
     path: str = "tiny:llama"
-    modality: Literal["auto", "llm", "text_to_image"] = "auto"
+    modality: Literal["auto", "llm", "vlm", "text_to_image"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     lora: LoraSection | None = None
@@ -68,6 +72,7 @@ class ModelSection:
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    train_vision: bool = False
     guidance_path: str | None = None
     noising: NoisingSection = field(default_factory=NoisingSection)
     prompt_dropout: float = 0.0
@@ -332,11 +337,17 @@ def validate(config: Config) -> None:
             f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
             f"{model.attn_implementation} does not take; use model.layout=concat."
         )
+    kind = modality(model)
+    if model.train_vision and kind != "vlm":
+        raise ConfigError(
+            f"model.train_vision applies to vision-language models only, but model.path={model.path!r} is not one; "
+            "remove it (or set model.modality=vlm if the path is an image-text-to-text model)."
+        )
     if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
         raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
     if not 0 <= config.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
-    if modality(model) == "text_to_image":
+    if kind == "text_to_image":
         if objective.name in TOKEN_LEVEL:
             raise ConfigError(
                 f"objective.name={objective.name} is token-level and needs a causal LM, but model.path={model.path!r} "
@@ -360,7 +371,8 @@ def validate(config: Config) -> None:
             if getattr(section, name) != getattr(type(section)(), name):
                 raise ConfigError(
                     f"{where}.{name} applies to text-to-image models only, but model.path={model.path!r} is a "
-                    "causal LM; remove it (or set model.modality=text_to_image if the path is a diffusers pipeline)."
+                    f"{MODALITY_NAMES[kind]}; remove it (or set model.modality=text_to_image if the path is a "
+                    "diffusers pipeline)."
                 )
 
 
@@ -368,21 +380,41 @@ IMAGE_MODEL_FIELDS = ("noising", "prompt_dropout", "latents", "vae_path", "vae_d
 IMAGE_DATA_FIELDS = ("resolution", "crop", "flip", "encode_cache", "cache_dtype")
 
 
+MODALITY_NAMES = {"llm": "causal LM", "vlm": "vision-language model", "text_to_image": "text-to-image model"}
+
+
 def modality(model: ModelSection) -> str:
-    """``llm`` or ``text_to_image``: as configured, or read from the path (a diffusers pipeline has a model index)."""
+    """``llm``, ``vlm`` or ``text_to_image``: as configured, or read from the path (a diffusers pipeline has a model
+    index; an image-text-to-text checkpoint names its architecture in ``config.json``)."""
     if model.modality != "auto":
         return model.modality
     path = model.path
     if path.startswith("tiny:"):
-        return "text_to_image" if path in ("tiny:sd15", "tiny:sdxl") else "llm"
+        from mmdpo.adapters.tiny_vlm import TINY_VLMS
+
+        arch = path.removeprefix("tiny:")
+        return "text_to_image" if arch in ("sd15", "sdxl") else "vlm" if arch in TINY_VLMS else "llm"
     if Path(path).exists():
-        return "text_to_image" if (Path(path) / "model_index.json").is_file() else "llm"
-    from huggingface_hub import file_exists
+        if (Path(path) / "model_index.json").is_file():
+            return "text_to_image"
+        return "vlm" if _image_text_to_text(Path(path) / "config.json") else "llm"
+    from huggingface_hub import file_exists, hf_hub_download
 
     try:
-        return "text_to_image" if file_exists(path, "model_index.json") else "llm"
+        if file_exists(path, "model_index.json"):
+            return "text_to_image"
+        return "vlm" if _image_text_to_text(Path(hf_hub_download(path, "config.json"))) else "llm"
     except (OSError, ValueError):  # offline or not a repo id: the loader reports what is wrong with the path
         return "llm"
+
+
+def _image_text_to_text(config_file: Path) -> bool:
+    """Whether a transformers ``config.json`` names an image-text-to-text architecture."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if not config_file.is_file():
+        return False
+    return json.loads(config_file.read_text()).get("model_type") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 def resolved_reference(config: Config) -> str:

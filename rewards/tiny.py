@@ -2,7 +2,7 @@
 
 Sizes follow the verified offline recipes of ``reference/adapters_and_rewards.md`` §4 and §3.2: an open_clip
 config registered under :data:`TINY_OPEN_CLIP`, a 16-dimensional ``CLIPModel``, the 40 k-parameter ``ClapModel``
-and a LLaVA with a Qwen2 text tower. Tokenizers are byte-level vocabularies without merges.
+and the tiny LLaVA of :mod:`mmdpo.adapters.tiny_vlm`. Tokenizers are byte-level vocabularies without merges.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import open_clip
 import torch
-from tokenizers import pre_tokenizers
 from transformers import (
     ClapConfig,
     ClapFeatureExtractor,
@@ -23,16 +22,15 @@ from transformers import (
     CLIPImageProcessor,
     CLIPModel,
     CLIPProcessor,
-    LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PretrainedConfig,
     PreTrainedModel,
-    Qwen2Tokenizer,
     RobertaTokenizer,
 )
 
 from mmdpo.adapters.tiny import tiny_clip_tokenizer
+from mmdpo.adapters.tiny_vlm import byte_vocab, tiny_vlm
 
 TINY_OPEN_CLIP = "mmdpo-tiny-clip"
 """The open_clip architecture name of the tiny config, once :func:`register_tiny_open_clip` has run."""
@@ -42,20 +40,6 @@ TINY_OPEN_CLIP_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-IMAGE_TOKEN = "<image>"
-VLM_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for part in m['content'] %}"
-    "{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def _byte_vocab(specials: list[str]) -> dict[str, int]:
-    """The special tokens first, then the 256 byte-level characters."""
-    return {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
 
 
 def _seeded(model_class: type[PreTrainedModel], config: PretrainedConfig, seed: int) -> PreTrainedModel:
@@ -96,7 +80,7 @@ def tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
 def tiny_clap(seed: int = 0) -> tuple[ClapModel, ClapProcessor]:
     """A random ``ClapModel`` (HTS-AT audio tower, 1 s windows at 48 kHz) and its processor."""
     tokenizer = RobertaTokenizer(
-        vocab=_byte_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]), merges=[], model_max_length=60
+        vocab=byte_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]), merges=[], model_max_length=60
     )
     feature_extractor = ClapFeatureExtractor(
         feature_size=64, sampling_rate=48000, hop_length=800, max_length_s=1, truncation="rand_trunc",
@@ -121,29 +105,6 @@ def tiny_clap(seed: int = 0) -> tuple[ClapModel, ClapProcessor]:
 
 def tiny_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A random LLaVA (CLIP vision tower on 28-pixel images, Qwen2 text tower) and its processor."""
-    tokenizer = Qwen2Tokenizer(
-        vocab=_byte_vocab(["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]), merges=[], unk_token=None,
-        pad_token="<|endoftext|>", eos_token="<|im_end|>", model_max_length=512,
-    )  # fmt: skip
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", IMAGE_TOKEN]})
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=VLM_CHAT_TEMPLATE,
-    )  # fmt: skip
-    config = LlavaConfig(
-        text_config=dict(
-            model_type="qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        vision_config=dict(
-            model_type="clip_vision_model", image_size=28, patch_size=14, hidden_size=32, projection_dim=32,
-            num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        ),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )  # fmt: skip
-    return _seeded(LlavaForConditionalGeneration, config, seed), processor
+    torch.manual_seed(seed)
+    model, processor = tiny_vlm("llava")
+    return model.eval(), processor

@@ -20,7 +20,7 @@ Step-DPO reads the step of every token from the data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -54,7 +54,12 @@ def _is_conversational(prompt: Any) -> bool:
 
 
 def tokenize_group(
-    row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int
+    row: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    *,
+    template: Any = None,
+    encode_prompt: Callable[[str, bool], list[int]] | None = None,
 ) -> dict[str, list[int] | list[list[int]] | None]:
     """Token ids of a group's prompt and of each candidate's completion.
 
@@ -66,16 +71,26 @@ def tokenize_group(
     steps tokenised one by one with no EOS (a step need not end the response; Step-DPO's trainer adds none
     either), and ``step_ids`` gives every completion token's step (None for other data). Completions are cut
     at ``max_length``; a prompt that leaves no room raises :class:`RowError`.
+
+    ``template`` renders conversations (the tokenizer by default; a VLM's processor, whose template places its image
+    tokens) and ``encode_prompt(text, add_special_tokens)`` turns the rendered prompt into ids (the tokenizer by
+    default; a VLM's processor, which expands each image placeholder into the image's tokens).
     """
+    template = template or tokenizer
+    if encode_prompt is None:
+
+        def encode_prompt(text: str, special: bool) -> list[int]:
+            return tokenizer(text, add_special_tokens=special)["input_ids"]
+
     prompt, candidates, steps = row["prompt"], row["candidates"], row.get("steps")
     if any(not candidate for candidate in candidates):
         raise RowError("empty_response", "A candidate response is empty; remove it or set data.bad_rows=skip.")
     step_ids = None
     if _is_conversational(prompt):
-        prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        prompt_text = template.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        prompt_ids = encode_prompt(prompt_text, False)
     else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
+        prompt_ids = encode_prompt(prompt, True)
     if steps is not None:
         prompt_ids = prompt_ids + _text_ids(row.get("prefix") or "", tokenizer)
         pieces = [[_text_ids(step, tokenizer) for step in candidate] for candidate in steps]
@@ -84,7 +99,7 @@ def tokenize_group(
     elif _is_conversational(prompt):
         completions = []
         for candidate in candidates:
-            full = tokenizer.apply_chat_template(prompt + candidate, tokenize=False)
+            full = template.apply_chat_template(prompt + candidate, tokenize=False)
             if not full.startswith(prompt_text):
                 raise RowError("template", "The chat template renders the prompt differently inside the conversation.")
             completions.append(_text_ids(full[len(prompt_text) :], tokenizer))
@@ -163,8 +178,10 @@ class LLMBatch:
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
                 value = value.to(device)
+            elif isinstance(value, dict):
+                value = {name: tensor.to(device) for name, tensor in value.items()}
             moved[f.name] = value
-        return LLMBatch(**moved)
+        return type(self)(**moved)
 
 
 def _labels(rows: Sequence[dict[str, Any]]) -> Preferences:
@@ -324,6 +341,13 @@ class CausalLMScorer(nn.Module):
         model = self.model
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None) -> Tensor:
+        """The decoder's final hidden states ``[rows, length, H]``."""
+        decoder = self.causal_lm.get_decoder()
+        return decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+
     def forward(
         self,
         input_ids: Tensor,
@@ -337,6 +361,7 @@ class CausalLMScorer(nn.Module):
         reference_hidden: Tensor | None = None,
         reference_head: nn.Module | None = None,
         reference_layers: Tensor | None = None,
+        **model_inputs: Any,
     ) -> dict[str, Tensor]:
         """``values [B, K, T]`` per-token log-probs, plus what is asked for.
 
@@ -347,6 +372,7 @@ class CausalLMScorer(nn.Module):
             reference_hidden, reference_head: the reference's ``hidden`` and its output layer; adds
                 ``token_kl [B, K, T]``, KL(reference || this model) over the vocabulary at every token.
             reference_layers: the reference's ``layers``; with a ``mask_net``, adds its masks ``[B, K, T]``.
+            model_inputs: further inputs :meth:`hidden_states` takes (a VLM's images).
         """
         lm = self.causal_lm
         text_config = lm.config.get_text_config()
@@ -354,9 +380,7 @@ class CausalLMScorer(nn.Module):
         wants_layers = "layers" in capture or "layer_means" in capture
         reduce = "layer_means" in capture
         with layer_outputs(decoder, gather_index, reduce) if wants_layers else nullcontext() as layers:
-            hidden = decoder(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state
+            hidden = self.hidden_states(input_ids, attention_mask, position_ids, **model_inputs)
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, gather_index)
         per_token = selected_logprobs(
             selected,
@@ -458,6 +482,11 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def _vocabulary(tokenizer: Any) -> dict[str, int]:
+    """The vocabulary of a tokenizer, or of the tokenizer inside a processor."""
+    return getattr(tokenizer, "tokenizer", tokenizer).get_vocab()
+
+
 class LLMAdapter:
     """Everything the trainer needs for a causal LM: tokenise, collate, score policy and reference, save.
 
@@ -472,6 +501,9 @@ class LLMAdapter:
             precision: the matmuls run in it anyway, and the copy takes half the memory).
         guidance: TGDPO's guidance model (same tokenizer), run frozen beside the reference.
     """
+
+    scorer_class: type[CausalLMScorer] = CausalLMScorer
+    """What wraps the policy, the frozen copy and the guidance model."""
 
     def __init__(
         self,
@@ -499,7 +531,7 @@ class LLMAdapter:
         if "guidance" in self.extras and guidance is None:
             raise ValueError("The objective needs a guidance model (model.guidance_path); none was given.")
         disable_dropout(model)
-        self.scorer = CausalLMScorer(model, chunk_size=chunk_size)
+        self.scorer = self.scorer_class(model, chunk_size=chunk_size)
         mask_names = tuple(name for name in ("mask", "mask_u", "mask_d") if name in self.extras)
         if mask_names:
             config = self.scorer.causal_lm.config.get_text_config()
@@ -507,33 +539,45 @@ class LLMAdapter:
             self.scorer.mask_net = TokenMask(config.hidden_size, config.num_hidden_layers, mask_names, eps, chunk_size)
         self.reference_scorer = None
         if reference == "copy":
-            self.reference_scorer = CausalLMScorer(frozen_copy(model, reference_dtype), chunk_size=chunk_size)
+            self.reference_scorer = self.scorer_class(frozen_copy(model, reference_dtype), chunk_size=chunk_size)
         self.guidance_scorer = None
         if guidance is not None:
             disable_dropout(guidance)
             guidance = guidance.to(reference_dtype) if reference_dtype is not None else guidance
-            self.guidance_scorer = CausalLMScorer(guidance.requires_grad_(False).eval(), chunk_size=chunk_size)
+            self.guidance_scorer = self.scorer_class(guidance.requires_grad_(False).eval(), chunk_size=chunk_size)
+
+    @classmethod
+    def load(cls, path: str, section) -> tuple[PreTrainedModel, Any]:
+        """The model at ``path`` and its tokenizer, in the dtype and attention a :class:`~mmdpo.config.ModelSection`
+        names."""
+        return load_causal_lm(
+            path,
+            dtype=DTYPES[section.dtype],
+            attn_implementation=section.attn_implementation,
+            trust_remote_code=section.trust_remote_code,
+        )
+
+    @classmethod
+    def lora_targets(cls, model: PreTrainedModel, section) -> str | list[str]:
+        """The modules LoRA adapts when ``model.lora.target_modules`` is not given: every linear layer but the head."""
+        return "all-linear"
 
     @classmethod
     def from_config(
-        cls, section, reference: str, extras: frozenset[str] = frozenset(), reference_dtype: torch.dtype | None = None
+        cls,
+        section,
+        reference: str,
+        extras: frozenset[str] = frozenset(),
+        reference_dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> LLMAdapter:
         """Load the model named by a :class:`~mmdpo.config.ModelSection` and wrap it (LoRA when configured), plus
-        the guidance model when the objective asks for one."""
-
-        def load(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-            return load_causal_lm(
-                path,
-                dtype=DTYPES[section.dtype],
-                attn_implementation=section.attn_implementation,
-                trust_remote_code=section.trust_remote_code,
-            )
-
-        model, tokenizer = load(section.path)
+        the guidance model when the objective asks for one; ``options`` go to the constructor."""
+        model, tokenizer = cls.load(section.path, section)
         guidance = None
         if "guidance" in extras:
-            guidance, guidance_tokenizer = load(section.guidance_path)
-            if guidance_tokenizer.get_vocab() != tokenizer.get_vocab():
+            guidance, guidance_tokenizer = cls.load(section.guidance_path, section)
+            if _vocabulary(guidance_tokenizer) != _vocabulary(tokenizer):
                 raise ValueError(
                     f"model.guidance_path={section.guidance_path!r} has another vocabulary than model.path="
                     f"{section.path!r}; token rewards need the policy's tokenizer, so pick a model of its family."
@@ -550,7 +594,7 @@ class LLMAdapter:
                     r=lora.r,
                     lora_alpha=lora.alpha,
                     lora_dropout=lora.dropout,
-                    target_modules=lora.target_modules or "all-linear",
+                    target_modules=lora.target_modules or cls.lora_targets(model, section),
                     task_type="CAUSAL_LM",
                 ),
             )
@@ -564,11 +608,12 @@ class LLMAdapter:
             extras=extras,
             reference_dtype=reference_dtype,
             guidance=guidance,
+            **options,
         )
 
     @property
     def attention(self) -> str:
-        return self.scorer.causal_lm.config._attn_implementation
+        return self.scorer.causal_lm.config.get_text_config()._attn_implementation
 
     @property
     def reference_capture(self) -> tuple[str, ...]:
@@ -629,6 +674,10 @@ class LLMAdapter:
         if "layers" in scores:
             inputs["reference_layers"] = scores.pop("layers")
         return to_loglik({**scores, **guidance}, batch)
+
+    def cache_key(self, dataset) -> dict[str, Any]:
+        """What precomputed reference values of ``dataset`` depend on beyond the data and the weights."""
+        return {"max_length": self.max_length}
 
     @property
     def frozen_modules(self) -> list[nn.Module]:

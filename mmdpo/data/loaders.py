@@ -492,6 +492,7 @@ def load_groups(
     ties: Ties = "drop",
     bad_rows: BadRows = "error",
     pairs: Pairing = "none",
+    name: str | None = None,
 ) -> GroupSet:
     """Read ``path`` and convert it to preference groups.
 
@@ -506,6 +507,7 @@ def load_groups(
         pairs: ``none``, or expand each ranked group into K = 2 pairs (``all``, ``best_vs_rest``, ``adjacent``,
             ``best_vs_worst``; see :func:`expand_pairs`), each with ranks [0, 1], its two scores when the group has
             scores, and ``group_id``: the source row (or the source's own ``group_id``).
+        name: what messages call the source (by default the path, or "the in-memory dataset").
     """
     _check_choice("data.format", format, ("auto", *CONVERTERS))
     _check_choice("data.ties", ties, ("drop", "keep"))
@@ -514,7 +516,7 @@ def load_groups(
     table = read_table(path, split)
     format = detect_format(table.column_names) if format == "auto" else format
     check_columns(table, format)
-    name = "the in-memory dataset" if isinstance(path, (Dataset, DatasetDict)) else str(path)
+    name = name or ("the in-memory dataset" if isinstance(path, (Dataset, DatasetDict)) else str(path))
 
     passthrough = [c for c in PASSTHROUGH if c in table.column_names]
     convert, skipped = CONVERTERS[format], Counter()

@@ -1,5 +1,5 @@
-"""From the ``data`` config section to train and eval datasets: tokenised text groups (plus reference values when
-precomputed), or image groups whose images are checked once and decoded per batch."""
+"""From the ``data`` config section to train and eval datasets: tokenised text (or image + question) groups, plus
+reference values when precomputed, or image groups whose images are checked once and decoded per batch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from datasets import Dataset
 
 from mmdpo.adapters.llm import LLMAdapter, RowError
-from mmdpo.config import Config
+from mmdpo.config import Config, modality
 from mmdpo.data.loaders import GroupSet, load_groups, train_eval_split
 from mmdpo.data.toy import toy_groups
 from mmdpo.training.reference import model_fingerprint, precompute_reference
@@ -20,11 +20,14 @@ TOY_GROUPS = 512
 
 
 def _groups(path: str, split: str, config: Config) -> GroupSet:
-    data = config.data
-    source = toy_groups(TOY_GROUPS, seed=config.train.seed) if path == "toy" else path
-    return load_groups(
-        source, format=data.format, split=split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
-    )
+    """Text groups, or image + question groups for a vision-language model; ``toy`` is the built-in task of each."""
+    data, seed = config.data, config.train.seed
+    options = {"format": data.format, "split": split, "ties": data.ties, "bad_rows": data.bad_rows, "pairs": data.pairs}
+    if modality(config.model) == "vlm":
+        from mmdpo.data.vlm import colour_pairs, load_vlm_groups
+
+        return load_vlm_groups(colour_pairs(TOY_GROUPS, seed) if path == "toy" else path, **options)
+    return load_groups(toy_groups(TOY_GROUPS, seed) if path == "toy" else path, **options)
 
 
 def tokenize(dataset: Dataset, llm: LLMAdapter, bad_rows: str, skipped: Counter) -> Dataset:
@@ -79,7 +82,7 @@ def attach_values(
     """``ds`` plus a ``column`` of ``scorer``'s per-token log-probs, computed once on the main process and cached."""
     key = {
         "model": model_fingerprint(scorer.model),
-        "max_length": llm.max_length,
+        **llm.cache_key(ds),
         "mixed_precision": config.train.mixed_precision,
     }
     scorer.to(accelerator.device)

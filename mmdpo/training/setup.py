@@ -34,13 +34,22 @@ class Setup:
 def set_up(config: Config, accelerator: Accelerator, objective: Objective, reference: str) -> Setup:
     """Load the model and the data the config names."""
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
-    if modality(config.model) == "text_to_image":
+    kind = modality(config.model)
+    if kind == "text_to_image":
         return _set_up_text_to_image(config, reference, half)
+    if kind == "vlm":
+        return _set_up_vlm(config, accelerator, objective, reference, half)
 
     from mmdpo.adapters.llm import LLMAdapter
-    from mmdpo.training.data import prepare_datasets
 
     adapter = LLMAdapter.from_config(config.model, reference, extras=objective.extras, reference_dtype=half)
+    return _set_up_tokens(adapter, config, accelerator, objective, reference)
+
+
+def _set_up_tokens(adapter, config: Config, accelerator: Accelerator, objective: Objective, reference: str) -> Setup:
+    """Tokenised groups for a causal-LM or vision-language adapter, checked against what the objective reads."""
+    from mmdpo.training.data import prepare_datasets
+
     train, evaluation, skipped = prepare_datasets(config, adapter, accelerator, reference)
     if "step_index" in objective.extras and (len(train) == 0 or train[0]["step_ids"] is None):
         raise ConfigError(
@@ -49,6 +58,16 @@ def set_up(config: Config, accelerator: Accelerator, objective: Objective, refer
         )
     mismatched = "mismatched" in objective.extras
     return Setup(adapter, train, evaluation, skipped, lambda rows, epoch: adapter.collate(rows, mismatched=mismatched))
+
+
+def _set_up_vlm(
+    config: Config, accelerator: Accelerator, objective: Objective, reference: str, half: torch.dtype | None
+) -> Setup:
+    """A vision-language adapter on image + question groups; images are decoded per batch."""
+    from mmdpo.adapters.vlm import VLMAdapter
+
+    adapter = VLMAdapter.from_config(config.model, reference, extras=objective.extras, reference_dtype=half)
+    return _set_up_tokens(adapter, config, accelerator, objective, reference)
 
 
 def _set_up_text_to_image(config: Config, reference: str, half: torch.dtype | None) -> Setup:
