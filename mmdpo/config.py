@@ -57,9 +57,11 @@ class ModelSection:
     ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image, a
     checkpoint whose ``config.json`` names an image-text-to-text architecture a vision-language model (``vlm``),
     anything else a causal LM. ``train_vision`` (VLMs) trains the vision tower and the projector too; by default
-    they are frozen and LoRA adapts the language model only. ``guidance_path`` is TGDPO's guidance model (a path
-    like ``path``, same tokenizer), run frozen in the reference's dtype; with ``reference=precomputed`` its values
-    are precomputed too. The fields after it apply to text-to-image models only."""
+    they are frozen and LoRA adapts the language model only. ``processor`` (VLMs) holds keyword arguments for
+    ``AutoProcessor.from_pretrained``, e.g. ``{max_pixels: 802816}`` to bound Qwen2-VL's image tokens.
+    ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer), run frozen in the reference's
+    dtype; with ``reference=precomputed`` its values are precomputed too. The fields after it apply to text-to-image
+    models only."""
 
     path: str = "tiny:llama"
     modality: Literal["auto", "llm", "vlm", "text_to_image"] = "auto"
@@ -73,6 +75,7 @@ class ModelSection:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     train_vision: bool = False
+    processor: dict[str, Any] = field(default_factory=dict)
     guidance_path: str | None = None
     noising: NoisingSection = field(default_factory=NoisingSection)
     prompt_dropout: float = 0.0
@@ -338,10 +341,17 @@ def validate(config: Config) -> None:
             f"{model.attn_implementation} does not take; use model.layout=concat."
         )
     kind = modality(model)
-    if model.train_vision and kind != "vlm":
+    for name in ("train_vision", "processor"):
+        if getattr(model, name) and kind != "vlm":
+            raise ConfigError(
+                f"model.{name} applies to vision-language models only, but model.path={model.path!r} is a "
+                f"{MODALITY_NAMES[kind]}; remove it (or set model.modality=vlm if the path is an image-text-to-text "
+                "model)."
+            )
+    if model.processor and model.path.startswith("tiny:"):
         raise ConfigError(
-            f"model.train_vision applies to vision-language models only, but model.path={model.path!r} is not one; "
-            "remove it (or set model.modality=vlm if the path is an image-text-to-text model)."
+            f"model.processor configures a processor loaded from a path, but model.path={model.path!r} builds its "
+            "own; remove it or save the tiny model to a directory first."
         )
     if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
         raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")

@@ -24,3 +24,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread when the machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

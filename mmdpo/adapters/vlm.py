@@ -138,11 +138,12 @@ def load_vlm(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    processor_options: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """An image-text-to-text model and its processor from a local directory, a hub id, or ``tiny:<arch>``.
 
-    Hub ids download only when the network allows it (``HF_HUB_OFFLINE`` is respected). A tokenizer without a pad
-    token pads with EOS.
+    Hub ids download only when the network allows it (``HF_HUB_OFFLINE`` is respected). ``processor_options`` go to
+    ``AutoProcessor.from_pretrained`` (e.g. Qwen2-VL's ``max_pixels``). A tokenizer without a pad token pads with EOS.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -152,7 +153,7 @@ def load_vlm(
         model, processor = tiny_vlm(path.removeprefix("tiny:"), attn_implementation=attn_implementation)
         return model.to(dtype), processor
     try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **processor_options or {})
         model = AutoModelForImageTextToText.from_pretrained(
             path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )
@@ -204,6 +205,7 @@ class VLMAdapter(LLMAdapter):
             dtype=DTYPES[section.dtype],
             attn_implementation=section.attn_implementation,
             trust_remote_code=section.trust_remote_code,
+            processor_options=section.processor,
         )
 
     @classmethod

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from accelerate import Accelerator
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from mmdpo.adapters.llm import LLMAdapter, RowError
 from mmdpo.config import Config, modality
@@ -35,16 +35,19 @@ def tokenize(dataset: Dataset, llm: LLMAdapter, bad_rows: str, skipped: Counter)
 
     def encode(row: dict, index: int) -> dict:
         try:
-            return {**llm.tokenize(row), "error": ""}
+            return {"tokens": llm.tokenize(row), "error": ""}
         except RowError as err:
             if bad_rows == "error":
                 raise ValueError(f"Row {index}: {err}") from err
-            return {"prompt_ids": [], "candidate_ids": [], "error": err.reason}
+            return {"tokens": None, "error": err.reason}  # one column, so a dropped row needs no placeholders
 
     encoded = dataset.map(encode, with_indices=True, desc="tokenize")
     errors = encoded["error"]
     skipped.update(reason for reason in errors if reason)
-    return encoded.select([i for i, reason in enumerate(errors) if not reason]).remove_columns("error")
+    kept = encoded.select([i for i, reason in enumerate(errors) if not reason]).remove_columns("error")
+    tokens = kept.select_columns(["tokens"]).flatten()
+    tokens = tokens.rename_columns({name: name.removeprefix("tokens.") for name in tokens.column_names})
+    return concatenate_datasets([kept.remove_columns("tokens"), tokens], axis=1)
 
 
 def prepare_datasets(

@@ -235,3 +235,20 @@ def test_nothing_usable_left_is_an_error():
         ValueError, match=r"No usable groups in the in-memory dataset: 1 rows read, skipped \{'tie': 1\}"
     ):
         load_groups(Dataset.from_list(rows))
+
+
+def test_rows_dropped_at_tokenisation_are_counted(tmp_path):
+    from mmdpo.config import load_config
+    from mmdpo.training.trainer import train
+
+    rows = [{"prompt": "q" * (200 if i == 3 else 5), "chosen": "a", "rejected": "b"} for i in range(10)]
+    config = load_config(
+        None,
+        [
+            f"data.path={write_jsonl(tmp_path / 'long.jsonl', rows)}", "data.bad_rows=skip", "data.eval_fraction=0",
+            "data.num_workers=0", "model.max_length=100", "train.max_steps=1", "train.batch_size=2",
+            f"train.output_dir={tmp_path / 'run'}", "train.tensorboard=false", "train.plots=false",
+            "train.progress=false",
+        ],
+    )  # fmt: skip
+    assert train(config).skipped == {"prompt_too_long": 1}
