@@ -166,6 +166,17 @@ def load_vlm(
     return model, processor
 
 
+def _has_placeholders(turns: list[dict[str, Any]], token: str) -> bool:
+    """Whether a conversation holds an image part or the processor's image token in its text."""
+    for turn in turns:
+        content = turn["content"]
+        if isinstance(content, str) and token in content:
+            return True
+        if isinstance(content, list) and any(part.get("type") == "image" for part in content):
+            return True
+    return False
+
+
 def decode_images(row: dict[str, Any]) -> list[PIL.Image.Image]:
     """A group's images, decoded from their stored form."""
     return [decode_image(image) for image in row.get("images") or []]
@@ -229,19 +240,26 @@ class VLMAdapter(LLMAdapter):
         )
 
     def _with_images(self, row: dict[str, Any], count: int) -> dict[str, Any]:
-        """A plain row with image placeholders: one user turn (image parts, then the question) and assistant answers
-        when the processor has a chat template, else the placeholders before the text. Conversations and prompts
-        that already hold placeholders keep them."""
-        prompt = row["prompt"]
-        if isinstance(prompt, list):
-            return row
-        placed = self.processor.image_token in prompt
+        """The row with one image placeholder per image, as TRL's ``prepare_multimodal_messages`` places them: a
+        plain prompt becomes a user turn (with assistant answers) when the processor has a chat template, and image
+        parts go before the first user turn's text unless the prompt already holds placeholders. Without a chat
+        template (PaliGemma) the placeholders go before the plain prompt."""
+        prompt, token = row["prompt"], self.processor.image_token
         if self.processor.chat_template is None:
-            return {**row, "prompt": prompt if placed else self.processor.image_token * count + prompt}
-        parts = [] if placed else [{"type": "image"}] * count
-        turn = [{"role": "user", "content": [*parts, {"type": "text", "text": prompt}]}]
-        answers = [[{"role": "assistant", "content": answer}] for answer in row["candidates"]]
-        return {**row, "prompt": turn, "candidates": answers}
+            if isinstance(prompt, list):
+                raise ValueError(f"The {self.family} processor has no chat template; give plain-text prompts.")
+            return {**row, "prompt": prompt if token in prompt else token * count + prompt}
+        if not isinstance(prompt, list):
+            answers = [[{"role": "assistant", "content": answer}] for answer in row["candidates"]]
+            row = {**row, "prompt": [{"role": "user", "content": prompt}], "candidates": answers}
+        if count == 0 or _has_placeholders(row["prompt"], token):
+            return row
+        turns = list(row["prompt"])
+        first = next(i for i, turn in enumerate(turns) if turn["role"] == "user")
+        content = turns[first]["content"]
+        text = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        turns[first] = {**turns[first], "content": [{"type": "image"}] * count + text}
+        return {**row, "prompt": turns}
 
     def tokenize(self, row: dict[str, Any]) -> dict[str, Any]:
         """Token ids as :func:`~mmdpo.adapters.llm.tokenize_group` gives them, the prompt's image placeholders

@@ -146,6 +146,8 @@ def test_conversations_place_their_images_and_plain_prompts_get_them_first():
     row = {"prompt": [{"role": "user", "content": parts}], "candidates": answers, "images": ROWS[1]["images"]}
     text = adapter.tokenizer.decode(adapter.tokenize(row)["prompt_ids"])
     assert text == f"<|im_start|>user\nCompare {'<image>' * 4} and {'<image>' * 4}<|im_end|>\n<|im_start|>assistant\n"
+    trl = {**row, "prompt": [{"role": "user", "content": "Colour?"}]}  # TRL puts the images before the text
+    assert adapter.tokenize(trl)["prompt_ids"] == adapter.tokenize(ROWS[1])["prompt_ids"]
     plain = adapter.tokenize(ROWS[1])
     assert adapter.tokenizer.decode(plain["prompt_ids"]).startswith(f"<|im_start|>user\n{'<image>' * 8}Colour?")
     assert adapter.tokenizer.decode(plain["candidate_ids"][0]) == "green<|im_end|>\n"
