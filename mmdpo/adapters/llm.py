@@ -427,6 +427,33 @@ def to_loglik(scores: dict[str, Tensor], batch: LLMBatch) -> LogLik:
 # --- loading ---------------------------------------------------------------------------------------
 
 
+def load_pretrained(
+    path: str,
+    model_class: type,
+    processing_class: type,
+    *,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    trust_remote_code: bool,
+    **processing_options: Any,
+) -> tuple[PreTrainedModel, Any]:
+    """``model_class.from_pretrained`` and ``processing_class.from_pretrained`` (a tokenizer or a processor) of a local
+    directory or a hub id; a tokenizer without a pad token pads with EOS."""
+    try:
+        processing = processing_class.from_pretrained(path, trust_remote_code=trust_remote_code, **processing_options)
+        model = model_class.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise FileNotFoundError(
+            f"model.path={path!r} is neither a local model directory nor a reachable hub id ({err})."
+        ) from err
+    tokenizer = getattr(processing, "tokenizer", processing)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, processing
+
+
 def load_causal_lm(
     path: str,
     *,
@@ -447,18 +474,8 @@ def load_causal_lm(
         tokenizer = tiny_tokenizer()
         model = tiny_causal_lm(path.removeprefix("tiny:"), tokenizer, attn_implementation=attn_implementation)
         return model.to(dtype), tokenizer
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-        )
-    except OSError as err:
-        raise FileNotFoundError(
-            f"model.path={path!r} is neither a local model directory nor a reachable hub id ({err})."
-        ) from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    options = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code}
+    return load_pretrained(path, AutoModelForCausalLM, AutoTokenizer, **options)
 
 
 # --- the adapter -----------------------------------------------------------------------------------

@@ -37,7 +37,15 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmdpo.adapters.llm import DTYPES, CausalLMScorer, LLMAdapter, LLMBatch, RowError, tokenize_group
+from mmdpo.adapters.llm import (
+    DTYPES,
+    CausalLMScorer,
+    LLMAdapter,
+    LLMBatch,
+    RowError,
+    load_pretrained,
+    tokenize_group,
+)
 from mmdpo.data.images import ImageError, decode_image
 
 TOKEN_TYPE_INPUTS = ("token_type_ids", "mm_token_type_ids")
@@ -152,18 +160,8 @@ def load_vlm(
     if path.startswith("tiny:"):
         model, processor = tiny_vlm(path.removeprefix("tiny:"), attn_implementation=attn_implementation)
         return model.to(dtype), processor
-    try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **processor_options or {})
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-        )
-    except OSError as err:
-        raise FileNotFoundError(
-            f"model.path={path!r} is neither a local model directory nor a reachable hub id ({err})."
-        ) from err
-    if processor.tokenizer.pad_token_id is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    return model, processor
+    options = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code}
+    return load_pretrained(path, AutoModelForImageTextToText, AutoProcessor, **options, **processor_options or {})
 
 
 def _has_placeholders(turns: list[dict[str, Any]], token: str) -> bool:

@@ -38,7 +38,7 @@ import PIL.Image
 from datasets import Dataset, DatasetDict, Features, Image, Json, List, Value
 
 from mmdpo.data.images import _image_ref, _read, _rows
-from mmdpo.data.loaders import FORMAT_COLUMNS, BadRow, BadRows, GroupSet, Pairing, Ties, _check_choice, load_groups
+from mmdpo.data.loaders import FORMAT_COLUMNS, BadRow, BadRows, GroupSet, _check_choice, load_groups
 from mmdpo.data.schema import GROUP_ID, ID, IMAGES, PROMPT, SCORES
 from mmdpo.data.shapes import SHAPE_COLOURS
 
@@ -92,18 +92,13 @@ def _normalise(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
 
 
 def load_vlm_groups(
-    source: str | Path | Dataset | DatasetDict,
-    *,
-    format: str = "auto",
-    split: str = "train",
-    ties: Ties = "drop",
-    bad_rows: BadRows = "error",
-    pairs: Pairing = "none",
+    source: str | Path | Dataset | DatasetDict, *, split: str = "train", bad_rows: BadRows = "error", **options: Any
 ) -> GroupSet:
     """Read ``source`` and convert it to preference groups with an ``images`` column (see the module docstring).
 
-    Args and sources: as :func:`~mmdpo.data.loaders.load_groups` (``format`` names a text format); rows whose
-    image is missing are fatal or skipped and counted under ``missing_image``, by ``bad_rows``.
+    Sources, ``split`` and ``options`` (``format``, a text format; ``ties``; ``pairs``): as
+    :func:`~mmdpo.data.loaders.load_groups`. Rows whose image is missing are fatal or skipped and counted under
+    ``missing_image``, by ``bad_rows``.
     """
     _check_choice("data.bad_rows", bad_rows, ("error", "skip"))
     table, name, base = _read(source, split)
@@ -122,7 +117,7 @@ def load_vlm_groups(
     columns = list(dict.fromkeys(column for row in rows for column in row))
     features = Features({column: List(Image(decode=False)) if column == IMAGES else Json() for column in columns})
     normalised = Dataset.from_dict({column: [row.get(column) for row in rows] for column in columns}, features=features)
-    groups = load_groups(normalised, format=format, ties=ties, bad_rows=bad_rows, pairs=pairs, name=name)
+    groups = load_groups(normalised, bad_rows=bad_rows, name=name, **options)
     return replace(groups, skipped=dict(Counter(groups.skipped) + skipped))
 
 

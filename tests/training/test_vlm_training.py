@@ -111,3 +111,24 @@ def test_the_modality_is_read_from_a_saved_checkpoint(tmp_path):
     assert modality(ModelSection(path=str(tmp_path / "vlm"))) == "vlm"
     assert modality(ModelSection(path=str(tmp_path / "llm"))) == "llm"
     assert modality(ModelSection(path="tiny:paligemma")) == "vlm"
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, colours):
+    """Under DDP the frozen tower's features are encoded outside the wrapped scorer; the LoRA policy trains inside."""
+    import subprocess
+    import sys
+
+    from mmdpo.training.logs import read_metrics
+
+    settings = [f"data.path={colours}", "data.eval_fraction=0", "train.max_steps=3", "train.log_every=1"]
+    settings += ["model.lora.r=4", "train.lr=1e-2", "train.tensorboard=false"]
+    settings += ["train.progress=false", "train.plots=false", "data.num_workers=0"]
+    (tmp_path / "run.yaml").write_text("model: {path: tiny:qwen2_vl}\n")
+    mmdpo = [sys.executable, "-m", "mmdpo", "train", str(tmp_path / "run.yaml"), *settings]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
+    subprocess.run([*mmdpo, f"train.output_dir={tmp_path / 'one'}", "train.batch_size=8"], check=True)
+    subprocess.run([*launcher, *mmdpo[1:], f"train.output_dir={tmp_path / 'two'}", "train.batch_size=4"], check=True)
+    single, double = ([r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl")] for run in ("one", "two"))
+    assert len(single) == 3 and single == pytest.approx(double, rel=1e-5)
+    assert single[-1] != single[0]
