@@ -1,7 +1,7 @@
 """VLM DPO throughput, peak memory and FLOPs: mmdpo against TRL's DPOTrainer, same model, data, batch and precision.
 
     python benchmarks/vlm_dpo.py --size real --batch 8 --steps 20                   # GPU, Qwen2-VL-2B architecture
-    python benchmarks/vlm_dpo.py --size small --batch 4 --steps 8 --device cpu --precision no
+    python benchmarks/vlm_dpo.py --size small --batch 4 --steps 15 --device cpu --precision no --threads 1
 
 The model is a random-weight Qwen2-VL of the chosen size with a byte-level tokenizer and Qwen2-VL's processor built
 from parts, saved once to a temporary directory so every trainer loads the same weights. The data are random-noise
@@ -14,7 +14,8 @@ layout: ``shared`` (image and prompt once per pair) and ``concat`` (image once p
 Reported: median seconds per optimizer step after warm-up, pairs/s and tokens/s (prompt, image tokens included, plus
 answer, per answer: the same count for all), peak memory (GPU: allocated; CPU: growth of the resident set during
 training), the FLOPs of one step counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions)
-with the vision tower's share, and how many images the vision tower encodes per pair.
+with the vision tower's forward share, how many images the vision tower encodes per pair, and the seconds per step
+spent in the vision tower's forward.
 """
 
 from __future__ import annotations
