@@ -372,12 +372,15 @@ def run_peer(args, workdir: Path, out: Path) -> None:
 
 
 class Sections:
-    """Wall time per named section per optimizer step, from wrapped library entry points."""
+    """Wall and CPU time per named section per optimizer step, from wrapped library entry points."""
 
     def __init__(self, device: str):
         self.device = device
-        self.records: list[tuple[str, float, float]] = []  # (section, start, seconds)
+        self.records: list[tuple[str, float, float, float]] = []  # (section, wall start, wall s, CPU s)
         self._depth = 0
+
+    def add(self, name: str, start: float, cpu_start: float) -> None:
+        self.records.append((name, start, time.perf_counter() - start, time.process_time() - cpu_start))
 
     def wrap(self, owner: Any, attr: str, section: str | Any) -> None:
         """Time ``owner.attr``; ``section`` is a name or a function of nothing that returns one."""
@@ -389,30 +392,32 @@ class Sections:
                 return original(*a, **kw)
             name = section() if callable(section) else section
             sync(sections.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             sections._depth += 1
             try:
                 return original(*a, **kw)
             finally:
                 sections._depth -= 1
                 sync(sections.device)
-                sections.records.append((name, start, time.perf_counter() - start))
+                sections.add(name, start, cpu_start)
 
         setattr(owner, attr, timed)
 
-    def per_step(self, stamps: list[float], warmup: int) -> dict[str, float]:
-        """Median seconds per timed step of each section, and ``other`` (the step minus all sections)."""
+    def per_step(self, stamps: list[float], warmup: int, cpu_stamps: list[float] | None = None) -> dict[str, float]:
+        """Median seconds per timed step of each section and ``other`` (the step minus all sections); wall time,
+        or CPU time when ``cpu_stamps`` (the step clock's) are given."""
         import bisect
 
         steps = list(range(1 + warmup, len(stamps)))  # step k runs from stamps[k-1] to stamps[k]
-        names = sorted({name for name, _, _ in self.records})
+        names = sorted({name for name, *_ in self.records})
         totals = {name: {k: 0.0 for k in steps} for name in names}
-        for name, start, seconds in self.records:
+        for name, start, wall, cpu in self.records:
             k = bisect.bisect_left(stamps, start)
             if k in totals[name]:
-                totals[name][k] += seconds
+                totals[name][k] += wall if cpu_stamps is None else cpu
         out = {name: median(list(by_step.values())) for name, by_step in totals.items()}
-        other = [stamps[k] - stamps[k - 1] - sum(totals[n][k] for n in names) for k in steps]
+        bounds = stamps if cpu_stamps is None else cpu_stamps
+        other = [bounds[k] - bounds[k - 1] - sum(totals[n][k] for n in names) for k in steps]
         out["other"] = median(other)
         return out
 
@@ -433,14 +438,14 @@ def install_sections(sections: Sections, clock: StepClock) -> None:
     sections.wrap(UNet2DConditionModel, "forward", lambda: "policy_fwd" if torch.is_grad_enabled() else "ref_fwd")
     sections.wrap(Accelerator, "backward", "backward")
     sections.wrap(Accelerator, "clip_grad_norm_", "clip_grad")
-    starts: list[float] = []
+    starts: list[tuple[float, float]] = []
 
     def pre(*_):
         sync(sections.device)
-        starts.append(time.perf_counter())
+        starts.append((time.perf_counter(), time.process_time()))
 
     def post(*_):  # registered after the clock's hook: the clock has already synchronised
-        sections.records.append(("optimizer", starts[-1], time.perf_counter() - starts[-1]))
+        sections.add("optimizer", *starts[-1])
 
     register_optimizer_step_pre_hook(pre)
     register_optimizer_step_post_hook(post)
@@ -470,6 +475,7 @@ def child(args) -> None:
     timed = step_times(clock.stamps, args.warmup)
     result = {
         "step_s": clock.median_step(args.warmup),
+        "cpu_step_s": clock.median_step(args.warmup, cpu=True),
         "mean_step_s": sum(timed) / len(timed),
         "steps_timed": len(timed),
         "optimizer_steps": len(clock.stamps),
@@ -478,6 +484,7 @@ def child(args) -> None:
     }
     if sections is not None:
         result["sections"] = sections.per_step(clock.stamps, args.warmup)
+        result["cpu_sections"] = sections.per_step(clock.stamps, args.warmup, clock.cpu_stamps)
     print(result_line(result))
 
 
@@ -511,15 +518,15 @@ def run_side(args, which: str, workdir: Path, repeat: int) -> dict:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Medians over repeats (step time, memory, sections) plus the step-time spread."""
-    steps = [r["step_s"] for r in runs]
-    out = {key: median([r[key] for r in runs]) for key in ("step_s", "peak_gib", "start_gib", "train_peak_gib")}
-    out["spread"] = (min(steps), max(steps))
-    out["runs"] = steps
+    """Medians over repeats (step times, memory, sections) plus the step-time spreads."""
+    keys = ("step_s", "cpu_step_s", "peak_gib", "start_gib", "train_peak_gib")
+    out: dict[str, Any] = {key: median([r[key] for r in runs]) for key in keys}
+    for key in ("step_s", "cpu_step_s"):
+        out[f"{key}_runs"] = [r[key] for r in runs]
     out["threads"] = runs[0]["threads"]
-    if "sections" in runs[0]:
-        names = runs[0]["sections"].keys()
-        out["sections"] = {name: median([r["sections"][name] for r in runs]) for name in names}
+    for key in ("sections", "cpu_sections"):
+        if key in runs[0]:
+            out[key] = {name: median([r[key][name] for r in runs]) for name in runs[0][key]}
     return out
 
 
@@ -545,37 +552,41 @@ def print_table(args, results: dict[str, dict], flops_pair: float, forward: floa
         f"diffusers {diffusers.__version__}; median of {args.steps - 1 - args.warmup} timed steps per run, "
         f"median of {args.repeats} run(s)\n"
     )
+    key = "cpu_step_s" if args.clock == "cpu" else "step_s"
+    other = "step_s" if key == "cpu_step_s" else "cpu_step_s"
+    labels = {"step_s": "wall s/step", "cpu_step_s": "CPU s/step"}
     mfu = args.device == "cuda"
     memory = "GPU GiB" if args.device == "cuda" else "RSS GiB"
-    head = f"{'':12s}{'s/step':>9s}{'min-max':>14s}{'pairs/s':>9s}{'TFLOP/s':>9s}"
-    head += f"{'MFU':>7s}" if mfu else ""
+    head = f"{'':12s}{labels[key]:>12s}{'(min-max)':>13s}{'pairs/s':>9s}{'TFLOP/s':>9s}"
+    head += f"{'MFU':>7s}" if mfu else f"{labels[other]:>13s}"
     head += f"{'peak ' + memory:>14s}{'at start':>10s}{'in training':>13s}"
     print(head)
     for which, r in results.items():
-        pairs = args.batch / r["step_s"]
-        row = f"{which:12s}{r['step_s']:9.3f}{r['spread'][0]:7.2f}-{r['spread'][1]:<6.2f}{pairs:9.3f}"
+        pairs = args.batch / r[key]
+        runs = r[f"{key}_runs"]
+        row = f"{which:12s}{r[key]:12.3f}{f'({min(runs):.2f}-{max(runs):.2f})':>13s}{pairs:9.3f}"
         row += f"{pairs * flops_pair / 1e12:9.4f}"
-        row += f"{100 * pairs * flops_pair / (args.peak_tflops * 1e12):6.1f}%" if mfu else ""
+        row += f"{100 * pairs * flops_pair / (args.peak_tflops * 1e12):6.1f}%" if mfu else f"{r[other]:13.3f}"
         row += f"{r['peak_gib']:14.2f}{r['start_gib']:10.2f}{r['train_peak_gib']:13.2f}"
         print(row)
     if len(results) == 2:
         m, p = results["mmdpo"], results["peer"]
-        row = f"{'mmdpo/peer':12s}{m['step_s'] / p['step_s']:8.2f}x{'':14s}{p['step_s'] / m['step_s']:8.2f}x"
-        row += f"{p['step_s'] / m['step_s']:8.2f}x"
-        row += f"{'':7s}" if mfu else ""
+        row = f"{'mmdpo/peer':12s}{m[key] / p[key]:11.2f}x{'':13s}{p[key] / m[key]:8.2f}x{p[key] / m[key]:8.2f}x"
+        row += f"{'':7s}" if mfu else f"{m[other] / p[other]:12.2f}x"
         row += f"{m['peak_gib'] / p['peak_gib']:13.2f}x{m['start_gib'] / p['start_gib']:9.2f}x"
         row += f"{m['train_peak_gib'] / p['train_peak_gib']:12.2f}x"
         print(row)
-        print("(s/step ratio < 1 and pairs/s ratio > 1: mmdpo faster; memory ratio < 1: mmdpo smaller)")
-    if "sections" in next(iter(results.values())):
+        print("(s/step < 1x and pairs/s > 1x: mmdpo faster; memory < 1x: mmdpo smaller)")
+    sections = "cpu_sections" if key == "cpu_step_s" else "sections"
+    if sections in next(iter(results.values())):
         names = ["data", "vae_encode", "text_encode", "ref_fwd", "policy_fwd", "backward", "clip_grad", "optimizer"]
-        print(f"\nseconds per step by section (median over steps, then over runs)\n{'':14s}", end="")
+        print(f"\n{labels[key]} by section (median over steps, then over runs)\n{'':14s}", end="")
         print("".join(f"{which:>18s}" for which in results))
         for name in [*names, "other"]:
             cells = []
             for r in results.values():
-                value = r["sections"].get(name, 0.0)
-                cells.append(f"{value:9.3f} ({100 * value / r['step_s']:4.1f}%)")
+                value = r[sections].get(name, 0.0)
+                cells.append(f"{value:9.3f} ({100 * value / r[key]:4.1f}%)")
             print(f"{name:14s}" + "".join(f"{c:>18s}" for c in cells))
 
 
@@ -594,6 +605,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=["mmdpo", "peer"], help="run one side only")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, interleaved; medians reported")
     parser.add_argument("--profile", action="store_true", help="also time sections of each step")
+    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                        help="what the table's rates use: wall time, or the process's CPU time (auto: cpu on --device "
+                        "cpu, where other jobs share the cores; wall on cuda)")  # fmt: skip
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = rank)")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, help="CPU threads per trainer (OMP_NUM_THREADS; default: torch's)")
@@ -606,6 +620,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.resolution = args.resolution or SIZES[args.size]["resolution"]
+    if args.clock == "auto":
+        args.clock = "cpu" if args.device == "cpu" else "wall"
     if args.mixed_precision == "auto":
         args.mixed_precision = "bf16" if args.device == "cuda" else "no"
     if args.steps < args.warmup + 2:
@@ -632,7 +648,10 @@ def main(argv: list[str] | None = None) -> None:
             for which in sides if repeat % 2 == 0 else sides[::-1]:
                 result = run_side(args, which, workdir, repeat)
                 runs[which].append(result)
-                print(f"  {which} run {repeat + 1}: {result['step_s']:.3f} s/step", flush=True)
+                print(
+                    f"  {which} run {repeat + 1}: {result['step_s']:.3f} s/step wall, {result['cpu_step_s']:.3f} CPU",
+                    flush=True,
+                )
 
     config = unet_config(args.size)
     forward = unet_forward_flops(config, args.resolution)

@@ -54,6 +54,8 @@ class StepClock:
 
     It is a global optimizer post-hook, so it times a trainer without touching its code; accelerate's
     wrapped optimizer only calls the inner ``step`` on real updates, so accumulation micro-steps do not count.
+    ``stamps`` are wall-clock times; ``cpu_stamps`` the CPU time of the whole process (all threads), which on a
+    CPU shared with other jobs varies far less than wall time as long as the process has the threads it asks for.
     """
 
     def __init__(self, device: str):
@@ -61,14 +63,16 @@ class StepClock:
 
         self.device = device
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []
         self._handle = register_optimizer_step_post_hook(self._hook)
 
     def _hook(self, *_) -> None:
         sync(self.device)
         self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.process_time())
 
-    def median_step(self, warmup: int) -> float:
-        times = step_times(self.stamps, warmup)
+    def median_step(self, warmup: int, cpu: bool = False) -> float:
+        times = step_times(self.cpu_stamps if cpu else self.stamps, warmup)
         if not times:
             raise RuntimeError(f"{len(self.stamps)} optimizer steps leave none to time after {warmup} warm-up steps.")
         return statistics.median(times)

@@ -54,10 +54,21 @@ def test_the_tiny_pipeline_loads_in_mmdpo_and_its_conditions_fit_the_unet(tmp_pa
 
 def test_sections_are_summed_per_step_and_the_rest_is_other():
     sections = bench.Sections("cpu")
-    stamps = [1.0, 2.0, 4.0, 5.0]  # steps 1, 2, 3 take 1, 2 and 1 seconds
-    sections.records = [("data", 1.1, 0.2), ("data", 1.5, 0.2), ("ref_fwd", 2.5, 1.0), ("data", 4.1, 0.1)]
-    out = sections.per_step(stamps, warmup=0)
-    assert out["data"] == pytest.approx(0.1)  # median of 0.4, 0 and 0.1
-    assert out["ref_fwd"] == pytest.approx(0.0)  # median of 0, 1 and 0
-    assert out["other"] == pytest.approx(0.9)  # median of 0.6, 1.0 and 0.9
+    stamps = [1.0, 2.0, 4.0, 5.0]  # steps 1, 2, 3 take 1, 2 and 1 seconds of wall time
+    cpu_stamps = [0.5, 1.0, 2.0, 2.5]  # and 0.5, 1 and 0.5 seconds of CPU time
+    # (section, wall start, wall seconds, CPU seconds)
+    sections.records = [
+        ("data", 1.1, 0.2, 0.1),
+        ("data", 1.5, 0.2, 0.1),
+        ("ref_fwd", 2.5, 1.0, 0.8),
+        ("data", 4.1, 0.1, 0.0),
+    ]
+    wall = sections.per_step(stamps, warmup=0)
+    assert wall["data"] == pytest.approx(0.1)  # median of 0.4, 0 and 0.1
+    assert wall["ref_fwd"] == pytest.approx(0.0)  # median of 0, 1 and 0
+    assert wall["other"] == pytest.approx(0.9)  # median of 0.6, 1.0 and 0.9
+    cpu = sections.per_step(stamps, warmup=0, cpu_stamps=cpu_stamps)
+    assert cpu["data"] == pytest.approx(0.0)  # median of 0.2, 0 and 0
+    assert cpu["other"] == pytest.approx(0.3)  # median of 0.3, 0.2 and 0.5
+    assert sections.per_step(stamps, warmup=1)["ref_fwd"] == pytest.approx(0.5)  # steps 2 and 3 only
     assert step_times(stamps, warmup=1) == [2.0, 1.0]
