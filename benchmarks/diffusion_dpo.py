@@ -33,7 +33,11 @@ Step time is measured from a timestamp taken after every ``optimizer.step()`` (a
 post-hook, after a CUDA synchronise), so loading, the final save and any validation are outside it; the
 first interval plus ``--warmup`` more are left out and the median of the rest is reported. It includes
 everything between two optimizer steps: data loading (JPEG decode, transforms, tokenising), VAE and text
-encoding, the reference and policy passes, backward, clipping and the optimizer. Memory: on a GPU
+encoding, the reference and policy passes, backward, clipping and the optimizer. The same hook also reads
+the process's CPU time; on ``--device cpu`` the table's rates use it (``--clock``), because on cores shared
+with other jobs wall time swings by 2x from run to run while CPU time stays within a few per cent. There,
+pass ``--threads 1``: with two OpenMP threads on two busy cores every parallel region waits for a descheduled
+thread, and one UNet forward measured 15-30x slower than with one thread. Memory: on a GPU
 ``torch.cuda.max_memory_allocated`` of the whole process and what was allocated at the first UNet call
 (weights plus optimizer set-up); on a CPU the peak RSS of the whole process (``getrusage``), the RSS at the
 first UNet call and the highest RSS sampled during training. FLOPs come from
@@ -480,6 +484,7 @@ def child(args) -> None:
         "steps_timed": len(timed),
         "optimizer_steps": len(clock.stamps),
         "threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}",
         **memory.report(),
     }
     if sections is not None:
@@ -523,7 +528,7 @@ def summarise(runs: list[dict]) -> dict:
     out: dict[str, Any] = {key: median([r[key] for r in runs]) for key in keys}
     for key in ("step_s", "cpu_step_s"):
         out[f"{key}_runs"] = [r[key] for r in runs]
-    out["threads"] = runs[0]["threads"]
+    out["threads"], out["device_name"] = runs[0]["threads"], runs[0]["device_name"]
     for key in ("sections", "cpu_sections"):
         if key in runs[0]:
             out[key] = {name: median([r[key][name] for r in runs]) for name in runs[0][key]}
@@ -543,8 +548,8 @@ def print_table(args, results: dict[str, dict], flops_pair: float, forward: floa
     import diffusers
     import torch
 
-    threads = next(iter(results.values()))["threads"]
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {threads} thread(s)"
+    first = next(iter(results.values()))
+    device = first["device_name"] + ("" if args.device == "cuda" else f", {first['threads']} thread(s)")
     print(
         f"\nDiffusion-DPO LoRA r={args.rank}, SDXL-{args.size} random weights (UNet fwd {forward / 1e9:.2f} "
         f"GFLOP/image), {args.resolution} px, batch {args.batch} pairs, precision {args.mixed_precision}, "
