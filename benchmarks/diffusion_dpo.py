@@ -25,7 +25,9 @@ with the disabled adapter as the reference, DPO with beta 5000 (both scripts' 0.
 decay 0.01), a constant learning rate, gradient clipping at 1.0, the same batch, resolution, center crop and
 no flip, VAE posterior samples from an fp32 VAE, no prompt dropout and the same ``--workers`` data-loader
 processes. Under ``--mixed-precision bf16|fp16`` both cast the frozen UNet and the text encoders to that
-dtype and keep the VAE in fp32; mmdpo keeps the LoRA weights in fp32, the peer only under fp16 (its own rule).
+dtype and are configured to keep the VAE in fp32 (mmdpo encodes inside its autocast region, so there its
+convolutions still run in half precision; compare ``vae_encode`` under ``--profile``); mmdpo keeps the LoRA
+weights in fp32, the peer only under fp16 (its own rule).
 
 Each trainer runs in its own process, so peak memory is its own; with ``--repeats R`` the two alternate
 (mmdpo first in even repeats, the peer first in odd ones) and the table shows medians over repeats.
