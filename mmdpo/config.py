@@ -53,9 +53,12 @@ class ModelSection:
     ``tiny:llama``, ``tiny:qwen2``, ``tiny:mistral``, ``tiny:sd15``, ``tiny:sdxl``).
 
     ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image,
-    anything else a causal LM. ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer),
-    run frozen in the reference's dtype; with ``reference=precomputed`` its values are precomputed too. The fields
-    after it apply to text-to-image models only."""
+    anything else a causal LM. ``attn_implementation``: any transformers attention for LLMs; ``sdpa`` (PyTorch's
+    scaled-dot-product attention, the default) or ``xformers`` (the optional extra) for text-to-image UNets.
+    ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer), run frozen in the reference's
+    dtype; with ``reference=precomputed`` its values are precomputed too. ``max_length`` to ``guidance_path`` apply
+    to causal LMs only, the fields after them to text-to-image models only (``vae_batch_size``: images per VAE
+    encode; ``channels_last``: the UNet and VAE in channels-last memory format)."""
 
     path: str = "tiny:llama"
     modality: Literal["auto", "llm", "text_to_image"] = "auto"
@@ -74,6 +77,8 @@ class ModelSection:
     latents: Literal["sample", "mean"] = "sample"
     vae_path: str | None = None
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    vae_batch_size: int = 8
+    channels_last: bool = False
 
 
 @dataclass
@@ -309,63 +314,89 @@ def validate(config: Config) -> None:
         raise ConfigError("model.reference=adapter needs model.lora (the reference is the model with its adapter off).")
     if model.reference == "none" and objective.needs_reference:
         raise ConfigError(f"model.reference=none but objective.name={objective.name} needs a reference; pick another.")
-    if model.reference == "precomputed" and objective.name == "kto":
+    if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
+        raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
+    if not 0 <= config.data.eval_fraction < 1:
+        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
+    if modality(model) == "text_to_image":
+        _validate_text_to_image(config, objective.name)
+    else:
+        _validate_llm(config, objective.name, extras)
+
+
+def _validate_llm(config: Config, objective: str, extras: frozenset[str]) -> None:
+    model = config.model
+    if model.reference == "precomputed" and objective == "kto":
         raise ConfigError(
             "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
         )
     if model.reference == "precomputed" and "token_kl" in extras:
         raise ConfigError(
-            f"model.reference=precomputed cannot serve objective.name={objective.name}: its per-token KL needs the "
+            f"model.reference=precomputed cannot serve objective.name={objective}: its per-token KL needs the "
             "reference's whole distribution at every token, which is not stored; use copy or adapter (with model.lora)."
         )
     if "guidance" in extras and model.guidance_path is None:
         raise ConfigError(
-            f"objective.name={objective.name} needs model.guidance_path: the guidance model whose per-token log-probs "
+            f"objective.name={objective} needs model.guidance_path: the guidance model whose per-token log-probs "
             "weigh each token (e.g. a DPO- or SimPO-trained model with the policy's tokenizer)."
         )
     if model.guidance_path is not None and "guidance" not in extras:
         raise ConfigError(
-            f"model.guidance_path is read by objective tgdpo only, but objective.name={objective.name}; remove it."
+            f"model.guidance_path is read by objective tgdpo only, but objective.name={objective}; remove it."
         )
     if model.layout == "shared" and model.attn_implementation not in {"sdpa", "eager"}:
         raise ConfigError(
             f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
             f"{model.attn_implementation} does not take; use model.layout=concat."
         )
-    if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
-        raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
-    if not 0 <= config.data.eval_fraction < 1:
-        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
-    if modality(model) == "text_to_image":
-        if objective.name in TOKEN_LEVEL:
-            raise ConfigError(
-                f"objective.name={objective.name} is token-level and needs a causal LM, but model.path={model.path!r} "
-                "is a text-to-image model; pick a sequence-level objective."
-            )
-        if model.reference == "precomputed":
-            raise ConfigError(
-                "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "
-                "use; pick adapter (with model.lora), copy or none."
-            )
-        if not 0 <= model.prompt_dropout < 1:
-            raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
-        samples = train.samples
-        for name in ("every", "seeds", "steps"):
-            if getattr(samples, name) is not None and getattr(samples, name) < 1:
-                raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
-        return
-    image_fields = (("model", model, IMAGE_MODEL_FIELDS), ("data", config.data, IMAGE_DATA_FIELDS))
-    for where, section, names in (*image_fields, ("train", train, ("samples",))):
+    fields_ = (("model", IMAGE_MODEL_FIELDS), ("data", IMAGE_DATA_FIELDS), ("train", ("samples",)))
+    _refuse_changed(config, fields_, "text-to-image models", "a causal LM")
+
+
+def _validate_text_to_image(config: Config, objective: str) -> None:
+    model, samples = config.model, config.train.samples
+    if objective in TOKEN_LEVEL:
+        raise ConfigError(
+            f"objective.name={objective} is token-level and needs a causal LM, but model.path={model.path!r} "
+            "is a text-to-image model; pick a sequence-level objective."
+        )
+    if model.reference == "precomputed":
+        raise ConfigError(
+            "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "
+            "use; pick adapter (with model.lora), copy or none."
+        )
+    if not 0 <= model.prompt_dropout < 1:
+        raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
+    for name in ("every", "seeds", "steps"):
+        if getattr(samples, name) is not None and getattr(samples, name) < 1:
+            raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
+    if model.vae_batch_size < 1:
+        raise ConfigError(f"model.vae_batch_size={model.vae_batch_size} must be at least 1.")
+    if model.attn_implementation not in ("sdpa", "xformers"):
+        raise ConfigError(
+            f"model.attn_implementation={model.attn_implementation} is not available for text-to-image UNets; "
+            "use sdpa (the default) or xformers."
+        )
+    _refuse_changed(config, (("model", LLM_MODEL_FIELDS),), "causal LMs", "a text-to-image model")
+
+
+IMAGE_MODEL_FIELDS = (
+    "noising", "prompt_dropout", "latents", "vae_path", "vae_dtype", "vae_batch_size", "channels_last",
+)  # fmt: skip
+IMAGE_DATA_FIELDS = ("resolution", "crop", "flip", "encode_cache", "cache_dtype")
+LLM_MODEL_FIELDS = ("max_length", "layout", "logprob_chunk", "trust_remote_code", "guidance_path")
+
+
+def _refuse_changed(config: Config, fields_: tuple, applies_to: str, kind: str) -> None:
+    """Fail on fields set away from their defaults that the model's kind never reads."""
+    for where, names in fields_:
+        section = getattr(config, where)
         for name in names:
             if getattr(section, name) != getattr(type(section)(), name):
                 raise ConfigError(
-                    f"{where}.{name} applies to text-to-image models only, but model.path={model.path!r} is a "
-                    "causal LM; remove it (or set model.modality=text_to_image if the path is a diffusers pipeline)."
+                    f"{where}.{name} applies to {applies_to} only, but model.path={config.model.path!r} is {kind}; "
+                    "remove it (or set model.modality if the path's kind was not recognised)."
                 )
-
-
-IMAGE_MODEL_FIELDS = ("noising", "prompt_dropout", "latents", "vae_path", "vae_dtype")
-IMAGE_DATA_FIELDS = ("resolution", "crop", "flip", "encode_cache", "cache_dtype")
 
 
 def modality(model: ModelSection) -> str:
