@@ -1,7 +1,10 @@
 """Text-to-image adapter: SD1.5- and SDXL-style latent diffusion models from diffusers.
 
     model = load_text_to_image("stabilityai/stable-diffusion-xl-base-1.0")   # or a local dir, tiny:sd15, tiny:sdxl
-    adapter = TextToImageAdapter(model, reference="adapter", lora=LoraSection(r=8))
+    add_lora(model.unet, LoraSection(r=8, alpha=8))
+    adapter = TextToImageAdapter(model, reference="adapter", resolution=1024)
+    inputs = adapter.inputs(batch, generator)   # latents, conditions, one (t, noise) per group, without gradients
+    policy, reference = adapter.policy_loglik(adapter.scorer, batch, inputs), adapter.reference_loglik(batch, inputs)
 
 Per micro-batch the adapter encodes images (VAE) and prompts (CLIP; SDXL: both encoders' penultimate hidden
 states concatenated, the second's pooled output, and ``time_ids`` from each group's original size, crop and
@@ -384,8 +387,7 @@ class TextToImageAdapter:
     @property
     def frozen_modules(self) -> list[nn.Module]:
         """Modules the trainer moves to the device but never optimises."""
-        modules = [m for m in (self.model.vae, *self.model.text_encoders, self.reference_scorer) if m is not None]
-        return modules
+        return [m for m in (self.model.vae, *self.model.text_encoders, self.reference_scorer) if m is not None]
 
     # -- data --------------------------------------------------------------------------------------
 
