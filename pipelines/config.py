@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import diffusers
 
-from mmdpo.config import ConfigError, _build, read_tree
+from mmdpo.config import ConfigError, _build, _closest, read_tree
 from mmdpo.rewards import REWARDS, Reward
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -174,7 +174,8 @@ def check_rewards(rewards: list[RewardSection]) -> None:
     for index, section in enumerate(rewards):
         where = f"rewards[{index}]"
         if section.name not in REWARDS:
-            raise ConfigError(f"{where}.name={section.name!r} is not a reward; known rewards: {', '.join(REWARDS)}.")
+            hint = _closest(section.name, REWARDS) or f"; known rewards: {', '.join(REWARDS)}."
+            raise ConfigError(f"{where}.name={section.name!r} is not a reward{hint}")
         if REWARDS[section.name].prepare is not Reward.prepare:  # the default prepare takes images
             raise ConfigError(f"{where}.name={section.name} does not score images; pick an image reward.")
         if section.weight < 0:

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from datasets import Features, List, Value
+from datasets import Features, Image, List, Value
 from tqdm.auto import tqdm
 
 from mmdpo.config import ConfigError
@@ -88,8 +87,8 @@ def ranking_sections(config: ScoreConfig, stored: list[str], old: dict[str, Any]
     return sections
 
 
-def _candidates(batch: pa.RecordBatch, base: Path, where: str) -> tuple[list[str], list[list[PIL.Image.Image]]]:
-    """The prompts and decoded candidate images of a batch of rows."""
+def _candidates(batch: pa.RecordBatch, base: Path, where: str) -> tuple[list[str], list[list[dict[str, Any]]]]:
+    """The prompts of a batch of rows and their candidate images as ``{bytes, path}`` with absolute paths."""
     prompt_column = next((c for c in ("prompt", "caption") if c in batch.schema.names), None)
     if prompt_column is None or "images" not in batch.schema.names:
         raise ConfigError(
@@ -98,11 +97,11 @@ def _candidates(batch: pa.RecordBatch, base: Path, where: str) -> tuple[list[str
     groups = []
     for images in batch.column("images").to_pylist():
         try:
-            groups.append([decode_image(_image_ref(v, f"images[{i}]", base)) for i, v in enumerate(images or [])])
+            groups.append([_image_ref(image, f"images[{i}]", base) for i, image in enumerate(images or [])])
         except BadRow as err:
-            raise ValueError(f"A row of {where}: {err}; fix or remove the row.") from None
+            raise ValueError(f"{where}: {err}; fix or remove the row.") from None
         if len(groups[-1]) < 2:
-            raise ValueError(f"A row of {where} has {len(groups[-1])} images; ranking needs at least 2.")
+            raise ValueError(f"{where} holds a row of {len(groups[-1])} images; ranking needs at least 2.")
     return batch.column(prompt_column).to_pylist(), groups
 
 
@@ -114,13 +113,15 @@ def rescore_batch(
     base: Path,
     where: str,
 ) -> dict[str, list]:
-    """The listed rewards' ``reward_<name>`` columns and the new ``scores`` and ``ranks`` of one batch of rows."""
+    """The listed rewards' ``reward_<name>`` columns, the new ``scores`` and ``ranks``, and ``images`` with absolute
+    paths, of one batch of rows."""
     prompts, groups = _candidates(batch, base, where)
     sizes = [len(group) for group in groups]
     listed = [reward.name for reward in rewards]
     if rewards:
         flat_prompts = [prompt for prompt, k in zip(prompts, sizes) for _ in range(k)]
-        new = score_images(rewards, flat_prompts, [image for group in groups for image in group]).double().split(sizes)
+        images = [decode_image(image) for group in groups for image in group]
+        new = score_images(rewards, flat_prompts, images).double().split(sizes)
     stored = {s.name: batch.column(f"{REWARD_PREFIX}{s.name}").to_pylist() for s in sections if s.name not in listed}
     raw = []
     for row, k in enumerate(sizes):
@@ -131,31 +132,43 @@ def rescore_batch(
                 continue
             values = stored[section.name][row]
             if values is None or len(values) != k:
-                raise ValueError(f"A row of {where} has {k} images but reward_{section.name} holds {values}.")
+                raise ValueError(f"{where} holds a row of {k} images with {REWARD_PREFIX}{section.name}={values}.")
             columns.append(torch.tensor(values, dtype=torch.float64))
         raw.append(torch.stack(columns, dim=-1))
     computed = ranked_columns(raw, [s.name for s in sections], aggregation, [s.weight for s in sections])
     keep = {f"{REWARD_PREFIX}{name}" for name in listed} | {SCORES, RANKS}
-    return {name: values for name, values in computed.items() if name in keep}
+    return {name: values for name, values in computed.items() if name in keep} | {"images": groups}
 
 
 def rescore_file(
-    path: Path, target: Path, rewards: list[Reward], sections: list[RewardSection], aggregation: str, config, bar
+    path: Path,
+    target: Path,
+    rewards: list[Reward],
+    sections: list[RewardSection],
+    aggregation: str,
+    batch_size: int,
+    bar: tqdm,
 ) -> None:
-    """Rewrite one Parquet file with the listed rewards' raw scores and new scores and ranks, batch by batch."""
+    """Rewrite one Parquet file to ``target`` with the listed rewards' raw scores and new scores and ranks, a batch
+    of rows at a time. Written elsewhere, images stored as relative paths are stored as absolute ones."""
     parquet = pq.ParquetFile(path)
     features = Features.from_arrow_schema(parquet.schema_arrow)
     computed = {f"{REWARD_PREFIX}{reward.name}": List(Value("float64")) for reward in rewards}
     computed |= {SCORES: List(Value("float64")), RANKS: List(Value("int64"))}
+    if target.parent.resolve() != path.parent.resolve():
+        computed["images"] = List(Image())
     kept = [name for name in features if name not in computed]
     schema = Features({**{name: features[name] for name in kept}, **computed}).arrow_schema
+    first = 0
     with replacing(target) as temporary, pq.ParquetWriter(temporary, schema) as writer:
-        for batch in parquet.iter_batches(batch_size=config.batch_size):
-            columns = rescore_batch(batch, rewards, sections, aggregation, path.parent, str(path))
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            where = f"{path}, rows {first}-{first + batch.num_rows - 1},"
+            columns = rescore_batch(batch, rewards, sections, aggregation, path.parent, where)
             arrays = [batch.column(name).cast(schema.field(name).type) for name in kept]
             arrays += [pa.array(columns[name], schema.field(name).type) for name in computed]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
             bar.update(batch.num_rows)
+            first += batch.num_rows
 
 
 def score(config: ScoreConfig) -> ScoreResult:
@@ -178,7 +191,7 @@ def score(config: ScoreConfig) -> ScoreResult:
     rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
     with tqdm(total=rows, desc="score", unit="row", disable=not config.progress) as bar:
         for path in files:
-            rescore_file(path, out / path.relative_to(folder), rewards, sections, aggregation, config, bar)
+            rescore_file(path, out / path.relative_to(folder), rewards, sections, aggregation, config.batch_size, bar)
     if meta is not None:
         meta = {**meta, "ranking": ranking_meta(sections, aggregation)}
         write_meta(out, meta)

@@ -112,8 +112,9 @@ class Background:
 
 class Shard:
     """One block of prompts [first, end) and its K = generators x seeds candidates per prompt, candidate
-    ``g * seeds + s`` from generator g and seed index s. Batches are scored and encoded as they come
-    (:meth:`add`); :meth:`write` ranks and writes the shard once every candidate is in."""
+    ``g * seeds + s`` from generator g and seed index s. Batches are encoded as they come and scored in batches of
+    the rewards' largest ``batch_size`` (:meth:`add`); :meth:`write` ranks and writes the shard once every candidate
+    is in."""
 
     def __init__(self, first: int, prompts: list[str], config: SynthConfig, rewards: list[Reward]):
         self.first, self.prompts, self.config, self.rewards = first, prompts, config, rewards
@@ -125,6 +126,8 @@ class Shard:
         k = len(self.names) * config.seeds
         self.raw = torch.full((len(prompts), k, len(rewards)), float("nan"))
         self.images: list[list[bytes | None]] = [[None] * k for _ in prompts]
+        self.unscored: list[tuple[int, int, PIL.Image.Image]] = []
+        self.score_batch = max((reward.batch_size for reward in rewards), default=1)
 
     def batches(self, generator: int, batch_size: int) -> Iterator[tuple[int, list[str], list[int]]]:
         """Generator ``generator``'s calls: (first row, prompts, seeds), ``batch_size`` prompts x ``seeds`` each."""
@@ -136,17 +139,27 @@ class Shard:
             yield lo, prompts, seeds
 
     def add(self, generator: int, first_row: int, images: list[PIL.Image.Image]) -> None:
-        """Score and encode one batch of generator ``generator`` starting at row ``first_row``."""
+        """Encode one batch of generator ``generator`` starting at row ``first_row``; score what waits once it fills
+        a reward batch."""
         s = self.config.seeds
-        prompts = [self.prompts[first_row + i // s] for i in range(len(images))]
-        raw = score_images(self.rewards, prompts, images)
         for i, image in enumerate(images):
             row, column = first_row + i // s, generator * s + i % s
-            self.raw[row, column] = raw[i]
             self.images[row][column] = encode_image(image, self.config.image_format, self.config.jpeg_quality)
+            self.unscored.append((row, column, image))
+        if len(self.unscored) >= self.score_batch:
+            self.score()
+
+    def score(self) -> None:
+        """Every reward on the candidates not scored yet."""
+        if self.unscored:
+            rows, columns, images = zip(*self.unscored)
+            prompts = [self.prompts[row] for row in rows]
+            self.raw[list(rows), list(columns)] = score_images(self.rewards, prompts, list(images))
+            self.unscored = []
 
     def write(self, path: Path) -> None:
-        if any(image is None for row in self.images for image in row):
+        self.score()
+        if any(image is None for row in self.images for image in row) or self.raw.isnan().any():
             raise RuntimeError(f"Shard {path.name} is missing candidates; an earlier batch failed.")
         reward_names = [section.name for section in self.config.rewards]
         weights = [section.weight for section in self.config.rewards]

@@ -1,9 +1,12 @@
 """Helpers for the synth and score tests: the tiny config with overrides, prompt files, a set's shards."""
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from mmdpo.pipelines.config import SynthConfig, load_synth_config
 
@@ -11,6 +14,17 @@ TINY = Path(__file__).parents[2] / "configs" / "synth" / "tiny.yaml"
 PROMPTS = ["a red cat", "a blue dog on green grass", "", "a white house", "a red cat", "night sky", "an orange"]
 """Five distinct prompts once the blank line and the repeat are dropped: shards of 2, 2 and 1 prompts."""
 UNIQUE = ["a red cat", "a blue dog on green grass", "a white house", "night sky", "an orange"]
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside the block, as many threads as before after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_prompts(path: Path, prompts: list[str]) -> Path:

@@ -77,6 +77,7 @@ def test_listed_ranks_by_the_listed_rewards_alone_and_out_leaves_the_source(hand
     rows = pq.read_table(tmp_path / "new" / hand_made.name).to_pylist()
     assert [row["ranks"] for row in rows] == [[0, 2, 1]] * 2
     assert rows[0]["scores"] == pytest.approx([1.0, 0.0, 0.299], abs=1e-6)
+    assert rows[1]["images"][2] == {"bytes": None, "path": str(hand_made.parent / "red.png")}  # still resolves
 
 
 def test_re_ranking_alone_uses_the_stored_raw_scores(hand_made):
