@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from mmdpo.objectives import get_objective
+from mmdpo.objectives import TOKEN_LEVEL, get_objective
 
 
 class ConfigError(ValueError):
@@ -53,7 +53,9 @@ class ModelSection:
     ``tiny:llama``, ``tiny:qwen2``, ``tiny:mistral``, ``tiny:sd15``, ``tiny:sdxl``).
 
     ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image,
-    anything else a causal LM. The fields after ``trust_remote_code`` apply to text-to-image models only."""
+    anything else a causal LM. ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer),
+    run frozen in the reference's dtype; with ``reference=precomputed`` its values are precomputed too. The fields
+    after it apply to text-to-image models only."""
 
     path: str = "tiny:llama"
     modality: Literal["auto", "llm", "text_to_image"] = "auto"
@@ -66,6 +68,7 @@ class ModelSection:
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    guidance_path: str | None = None
     noising: NoisingSection = field(default_factory=NoisingSection)
     prompt_dropout: float = 0.0
     latents: Literal["sample", "mean"] = "sample"
@@ -78,7 +81,9 @@ class DataSection:
     """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task).
 
     ``resolution``, ``crop`` and ``flip`` (probability of a horizontal flip) are the image transform of
-    text-to-image data, applied identically to every candidate of a group. ``encode_cache``: ``auto`` trains from
+    text-to-image data, applied identically to every candidate of a group. Held-out groups come from
+    ``eval_path`` / ``eval_split`` when either is set (e.g. Pick-a-Pic's ``test_unique``), else they are a seeded
+    ``eval_fraction`` of the data. ``encode_cache``: ``auto`` trains from
     the cache that ``mmdpo cache`` wrote for this config when there is one (and encodes on the fly otherwise),
     ``require`` fails without it, ``off`` never reads it; ``cache_dtype`` is what the cache stores."""
 
@@ -86,6 +91,7 @@ class DataSection:
     format: str = "auto"
     split: str = "train"
     eval_path: str | None = None
+    eval_split: str | None = None
     eval_fraction: float = 0.1
     ties: Literal["drop", "keep"] = "drop"
     bad_rows: Literal["error", "skip"] = "error"
@@ -98,6 +104,16 @@ class DataSection:
     encode_cache: Literal["auto", "require", "off"] = "auto"
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
+    @property
+    def sources(self) -> list[tuple[str, str]]:
+        """(path, split) of the training groups, then of the held-out groups when they are a source of their own:
+        ``eval_path`` and/or ``eval_split`` set (each defaulting to ``path`` and ``split``); else the held-out groups
+        are a seeded ``eval_fraction`` of the training source."""
+        held_out = self.eval_path is not None or self.eval_split is not None
+        return [(self.path, self.split)] + (
+            [(self.eval_path or self.path, self.eval_split or self.split)] if held_out else []
+        )
+
 
 @dataclass
 class ObjectiveSection:
@@ -105,6 +121,21 @@ class ObjectiveSection:
 
     name: str = "dpo"
     hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplesSection:
+    """Text-to-image validation samples: a grid of the policy's images for fixed prompts and seeds, written to
+    ``<output_dir>/samples/step-N.png`` (and TensorBoard) before training, every ``every`` steps and at the end.
+
+    ``prompts`` default to the first four held-out prompts; ``seeds`` images per prompt; the pipeline's own scheduler
+    with ``steps`` steps and classifier-free ``guidance_scale``."""
+
+    every: int | None = None
+    prompts: list[str] | None = None
+    seeds: int = 2
+    steps: int = 25
+    guidance_scale: float = 5.0
 
 
 @dataclass
@@ -118,6 +149,7 @@ class TrainSection:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 5e-6
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     scheduler: str = "cosine"
@@ -132,6 +164,7 @@ class TrainSection:
     tensorboard: bool = True
     plots: bool = True
     progress: bool = True
+    samples: SamplesSection = field(default_factory=SamplesSection)
 
 
 @dataclass
@@ -283,6 +316,7 @@ def validate(config: Config) -> None:
     """Fail on option combinations that cannot work, naming both options."""
     try:
         objective = get_objective(config.objective.name, **config.objective.hparams)
+        extras = objective.extras  # also checks the options that decide what the adapter computes
     except ValueError as err:
         raise ConfigError(str(err)) from err
     model, train = config.model, config.train
@@ -294,6 +328,20 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
         )
+    if model.reference == "precomputed" and "token_kl" in extras:
+        raise ConfigError(
+            f"model.reference=precomputed cannot serve objective.name={objective.name}: its per-token KL needs the "
+            "reference's whole distribution at every token, which is not stored; use copy or adapter (with model.lora)."
+        )
+    if "guidance" in extras and model.guidance_path is None:
+        raise ConfigError(
+            f"objective.name={objective.name} needs model.guidance_path: the guidance model whose per-token log-probs "
+            "weigh each token (e.g. a DPO- or SimPO-trained model with the policy's tokenizer)."
+        )
+    if model.guidance_path is not None and "guidance" not in extras:
+        raise ConfigError(
+            f"model.guidance_path is read by objective tgdpo only, but objective.name={objective.name}; remove it."
+        )
     if model.layout == "shared" and model.attn_implementation not in {"sdpa", "eager"}:
         raise ConfigError(
             f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
@@ -304,6 +352,11 @@ def validate(config: Config) -> None:
     if not 0 <= config.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
     if modality(model) == "text_to_image":
+        if objective.name in TOKEN_LEVEL:
+            raise ConfigError(
+                f"objective.name={objective.name} is token-level and needs a causal LM, but model.path={model.path!r} "
+                "is a text-to-image model; pick a sequence-level objective."
+            )
         if model.reference == "precomputed":
             raise ConfigError(
                 "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "
@@ -311,8 +364,13 @@ def validate(config: Config) -> None:
             )
         if not 0 <= model.prompt_dropout < 1:
             raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
+        samples = train.samples
+        for name in ("every", "seeds", "steps"):
+            if getattr(samples, name) is not None and getattr(samples, name) < 1:
+                raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
         return
-    for where, section, names in (("model", model, IMAGE_MODEL_FIELDS), ("data", config.data, IMAGE_DATA_FIELDS)):
+    image_fields = (("model", model, IMAGE_MODEL_FIELDS), ("data", config.data, IMAGE_DATA_FIELDS))
+    for where, section, names in (*image_fields, ("train", train, ("samples",))):
         for name in names:
             if getattr(section, name) != getattr(type(section)(), name):
                 raise ConfigError(

@@ -52,6 +52,15 @@ def test_bad_keys_and_values_name_the_fix(override, message):
             ("model.layout", "attn_implementation"),
         ),
         (["objective.name=kto", "model.reference=precomputed"], ("precomputed", "kto")),
+        (["objective.name=tdpo", "model.reference=precomputed"], ("model.reference=precomputed", "tdpo")),
+        (["objective.name=sparsepo", "model.reference=none"], ("model.reference=none", "sparsepo")),
+        (["objective.name=tgdpo"], ("objective.name=tgdpo", "model.guidance_path")),
+        (["model.guidance_path=tiny:llama"], ("model.guidance_path", "objective.name=dpo")),
+        (["objective.name=tdpo", "model.path=tiny:sd15"], ("objective.name=tdpo", "tiny:sd15")),
+        (
+            ["objective.name=sparsepo", "objective.mask=reference", "objective.independent=true"],
+            ("objective.independent", "objective.mask"),
+        ),
     ],
 )
 def test_incompatible_options_fail_naming_both(overrides, both):

@@ -10,11 +10,18 @@ Two layouts for the forward pass:
 
 Either way the output layer only runs on positions that predict a completion token, in fp32 chunks
 (:mod:`mmdpo.adapters.logprobs`).
+
+Token-level objectives ask for more (:attr:`mmdpo.objectives.Objective.extras`), and only they pay for it:
+``token_kl`` keeps the reference's final hidden states at the scored positions (``[M, H]``) and evaluates its
+output layer chunk by chunk inside the policy's; SparsePO's masks keep every layer's reference states there
+(``[M, L, H]`` for learned masks, ``[M, L]`` means for derived ones); TGDPO runs a third, frozen guidance model;
+Step-DPO reads the step of every token from the data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +31,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmdpo.adapters.logprobs import selected_logprobs
+from mmdpo.adapters.token_level import TokenMask, base_head, layer_outputs
 from mmdpo.objectives import LogLik, Preferences
 from mmdpo.training.reference import adapter_disabled, frozen_copy
 
@@ -47,32 +55,43 @@ def _is_conversational(prompt: Any) -> bool:
 
 def tokenize_group(
     row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> dict[str, list[int] | list[list[int]]]:
+) -> dict[str, list[int] | list[list[int]] | None]:
     """Token ids of a group's prompt and of each candidate's completion.
 
     Plain text: the prompt takes the tokenizer's special tokens (BOS once), each completion is
     tokenised on its own without them and ends with one EOS. Conversational: the chat template
     renders the prompt with the generation prompt, and each completion is the rest of the rendered
-    conversation (the template's own end-of-turn, no extra EOS). Completions are cut at
-    ``max_length``; a prompt that leaves no room raises :class:`RowError`.
+    conversation (the template's own end-of-turn, no extra EOS). Step data (a ``steps`` column, see
+    :mod:`mmdpo.data.schema`): the shared correct steps (``prefix``) continue the prompt, each candidate is its
+    steps tokenised one by one with no EOS (a step need not end the response; Step-DPO's trainer adds none
+    either), and ``step_ids`` gives every completion token's step (None for other data). Completions are cut
+    at ``max_length``; a prompt that leaves no room raises :class:`RowError`.
     """
-    prompt, candidates = row["prompt"], row["candidates"]
+    prompt, candidates, steps = row["prompt"], row["candidates"], row.get("steps")
     if any(not candidate for candidate in candidates):
         raise RowError("empty_response", "A candidate response is empty; remove it or set data.bad_rows=skip.")
+    step_ids = None
     if _is_conversational(prompt):
         prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+    if steps is not None:
+        prompt_ids = prompt_ids + _text_ids(row.get("prefix") or "", tokenizer)
+        pieces = [[_text_ids(step, tokenizer) for step in candidate] for candidate in steps]
+        completions = [[t for ids in candidate for t in ids] for candidate in pieces]
+        step_ids = [[i for i, ids in enumerate(candidate) for _ in ids] for candidate in pieces]
+    elif _is_conversational(prompt):
         completions = []
         for candidate in candidates:
             full = tokenizer.apply_chat_template(prompt + candidate, tokenize=False)
             if not full.startswith(prompt_text):
                 raise RowError("template", "The chat template renders the prompt differently inside the conversation.")
-            completions.append(tokenizer(full[len(prompt_text) :], add_special_tokens=False)["input_ids"])
+            completions.append(_text_ids(full[len(prompt_text) :], tokenizer))
     else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
         completions = []
         for candidate in candidates:
-            ids = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+            ids = _text_ids(candidate, tokenizer)
             if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
                 ids = ids + [tokenizer.eos_token_id]
             completions.append(ids)
@@ -83,8 +102,15 @@ def tokenize_group(
             f"A prompt of {len(prompt_ids)} tokens leaves no room under model.max_length={max_length}; "
             "raise model.max_length or set data.bad_rows=skip.",
         )
-    completions = [ids[:room] for ids in completions]
-    return {"prompt_ids": prompt_ids, "candidate_ids": completions}
+    return {
+        "prompt_ids": prompt_ids,
+        "candidate_ids": [ids[:room] for ids in completions],
+        "step_ids": None if step_ids is None else [ids[:room] for ids in step_ids],
+    }
+
+
+def _text_ids(text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 # --- collation -------------------------------------------------------------------------------------
@@ -100,6 +126,8 @@ class LLMBatch:
     places each log-prob in the flattened ``[B, K, T]`` output; ``target_mask [B, K, T]`` marks
     real completion tokens.
     ``mismatched`` (KTO) adds one extra candidate per group: the previous group's first candidate.
+    ``step_index [B, K, T]`` is each token's step for step data; ``reference_values`` and ``guidance_values``
+    hold precomputed per-token log-probs of the reference and of TGDPO's guidance model.
     """
 
     input_ids: Tensor
@@ -110,7 +138,9 @@ class LLMBatch:
     scatter_index: Tensor
     target_mask: Tensor
     prefs: Preferences
+    step_index: Tensor | None = None
     reference_values: Tensor | None = None
+    guidance_values: Tensor | None = None
     mismatched: bool = False
     num_tokens: int = 0
     """Real (non-padding) tokens the forward pass processes."""
@@ -166,9 +196,15 @@ def collate(
     attention: str = "sdpa",
 ) -> LLMBatch:
     """Pack tokenised groups into one forward pass (see the module docstring for the layouts)."""
+
+    def stored(name: str) -> list | None:
+        return None if rows[0].get(name) is None else [list(row[name]) for row in rows]
+
     groups = [(row["prompt_ids"], list(row["candidate_ids"])) for row in rows]
+    steps = stored("step_ids")
     if mismatched:
         groups = [(prompt, cands + [groups[i - 1][1][0]]) for i, (prompt, cands) in enumerate(groups)]
+        steps = None if steps is None else [ids + [steps[i - 1][0]] for i, ids in enumerate(steps)]
     k = len(groups[0][1])
     if any(len(cands) != k for _, cands in groups):
         raise ValueError("Every group in a batch needs the same number of candidates K.")
@@ -221,12 +257,16 @@ def collate(
         attention_mask = (torch.arange(length)[None] < lengths[:, None]).long()
         position_ids = None
 
-    reference = None
-    if rows[0].get("reference_logps") is not None:
-        reference = torch.zeros(b, k, width)
-        for g, row in enumerate(rows):
-            for c, values in enumerate(row["reference_logps"]):
-                reference[g, c, : len(values)] = torch.tensor(values)
+    def per_token(column: list | None, dtype: torch.dtype) -> Tensor | None:
+        """``[B, K, T]`` from per-group, per-candidate lists of per-token values (zero-padded)."""
+        if column is None:
+            return None
+        out = torch.zeros(b, k, width, dtype=dtype)
+        for g, group in enumerate(column):
+            for c, values in enumerate(group):
+                out[g, c, : len(values)] = torch.tensor(values, dtype=dtype)
+        return out
+
     return LLMBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -236,7 +276,9 @@ def collate(
         scatter_index=t_mask.flatten().nonzero().squeeze(-1),
         target_mask=t_mask,
         prefs=_labels(rows),
-        reference_values=reference,
+        step_index=per_token(steps, torch.long),
+        reference_values=per_token(stored("reference_logps"), torch.float32),
+        guidance_values=per_token(stored("guidance_logps"), torch.float32),
         mismatched=mismatched,
         num_tokens=sum(len(s) for s in sequences),
     )
@@ -268,14 +310,14 @@ class CausalLMScorer(nn.Module):
     """Wraps a causal LM (or a peft model of one) so its forward returns per-token log-probs.
 
     Handing this module to ``accelerator.prepare`` keeps DDP's gradient hooks and autocast on the
-    path that actually runs.
+    path that actually runs. ``mask_net`` (SparsePO's :class:`TokenMask`) trains with the model.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024, wpo: bool = False):
+    def __init__(self, model: nn.Module, chunk_size: int = 1024, mask_net: TokenMask | None = None):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
-        self.wpo = wpo
+        self.mask_net = mask_net
 
     @property
     def causal_lm(self) -> PreTrainedModel:
@@ -291,41 +333,71 @@ class CausalLMScorer(nn.Module):
         target_ids: Tensor,
         scatter_index: Tensor,
         target_mask: Tensor,
-    ) -> tuple[Tensor, Tensor | None]:
+        capture: tuple[str, ...] = (),
+        reference_hidden: Tensor | None = None,
+        reference_head: nn.Module | None = None,
+        reference_layers: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """``values [B, K, T]`` per-token log-probs, plus what is asked for.
+
+        Args:
+            capture: ``wpo_logp`` (``[B, K, T]``, WPO), ``hidden`` (``[M, H]`` final hidden states at the
+                scored positions), ``layers`` (``[M, L, H]`` every decoder layer's output there) or
+                ``layer_means`` (their means over H, as ``[B, K, T, L]``).
+            reference_hidden, reference_head: the reference's ``hidden`` and its output layer; adds
+                ``token_kl [B, K, T]``, KL(reference || this model) over the vocabulary at every token.
+            reference_layers: the reference's ``layers``; with a ``mask_net``, adds its masks ``[B, K, T]``.
+        """
         lm = self.causal_lm
         text_config = lm.config.get_text_config()
-        hidden = lm.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        decoder = lm.get_decoder()
+        wants_layers = "layers" in capture or "layer_means" in capture
+        reduce = "layer_means" in capture
+        with layer_outputs(decoder, gather_index, reduce) if wants_layers else nullcontext() as layers:
+            hidden = decoder(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, gather_index)
-        out = selected_logprobs(
+        per_token = selected_logprobs(
             selected,
             target_ids,
             lm.get_output_embeddings(),
             chunk_size=self.chunk_size,
             scale=getattr(text_config, "logit_scale", None) or 1.0,
             softcap=getattr(text_config, "final_logit_softcapping", None),
-            aligned=self.wpo,
+            aligned="wpo_logp" in capture,
+            reference=None if reference_hidden is None else (reference_hidden, reference_head),
         )
-        logp, aligned = out if self.wpo else (out, None)
+        if self.mask_net is not None and reference_layers is not None:
+            per_token.update(self.mask_net(reference_layers))
+        if reduce:
+            per_token["layer_means"] = torch.stack(layers, dim=1)
 
         def unflatten(flat: Tensor) -> Tensor:
-            return flat.new_zeros(target_mask.numel()).index_copy(0, scatter_index, flat).view(target_mask.shape)
+            out = flat.new_zeros(target_mask.numel(), *flat.shape[1:]).index_copy(0, scatter_index, flat)
+            return out.view(*target_mask.shape, *flat.shape[1:])
 
-        return unflatten(logp), None if aligned is None else unflatten(aligned)
+        scores = {name: unflatten(flat) for name, flat in per_token.items()}
+        if "hidden" in capture:
+            scores["hidden"] = selected
+        if "layers" in capture:
+            scores["layers"] = torch.stack(layers, dim=1)
+        return scores
 
 
-def to_loglik(values: Tensor, batch: LLMBatch, aligned: Tensor | None = None) -> LogLik:
-    """Split scorer output into the K real candidates and the KTO mismatched extra."""
-    mask = batch.target_mask
+def to_loglik(scores: dict[str, Tensor], batch: LLMBatch) -> LogLik:
+    """A LogLik from per-token scorer output (``values`` plus per-token extras), with the batch's step indices;
+    the KTO mismatched candidate becomes ``extras["mismatched"]``."""
+    values, mask = scores["values"], batch.target_mask
+    per_token = {name: value for name, value in scores.items() if name != "values"}
+    if batch.step_index is not None:
+        per_token["step_index"] = batch.step_index
     extras: dict[str, Tensor] = {}
     if batch.mismatched:
         extras["mismatched"] = (values[:, -1:] * mask[:, -1:]).sum(-1)
         values, mask = values[:, :-1], mask[:, :-1]
-        aligned = None if aligned is None else aligned[:, :-1]
-    if aligned is not None:
-        extras["wpo_logp"] = aligned
-    return LogLik(values=values, mask=mask, extras=extras)
+        per_token = {name: value[:, :-1] for name, value in per_token.items()}
+    return LogLik(values=values, mask=mask, extras={**extras, **per_token})
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -367,6 +439,15 @@ def load_causal_lm(
 
 # --- the adapter -----------------------------------------------------------------------------------
 
+REFERENCE_STATES = {
+    "token_kl": "hidden",
+    "layer_means": "layer_means",
+    "mask": "layers",
+    "mask_u": "layers",
+    "mask_d": "layers",
+}
+"""The reference state (a scorer ``capture``) each extra needs."""
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -385,9 +466,11 @@ class LLMAdapter:
         tokenizer: its tokenizer.
         reference: ``adapter`` (peft adapter disabled), ``copy`` (frozen copy), ``precomputed``
             (values travel with the batch) or ``none``.
-        max_length, layout, chunk_size, wpo: see :class:`~mmdpo.config.ModelSection`.
-        reference_dtype: dtype of the frozen copy (half precision under mixed precision: the matmuls
-            run in it anyway, and the copy takes half the memory).
+        max_length, layout, chunk_size: see :class:`~mmdpo.config.ModelSection`.
+        extras: what the objective asks for beyond log-probs (:attr:`mmdpo.objectives.Objective.extras`).
+        reference_dtype: dtype of the frozen copy and the guidance model (half precision under mixed
+            precision: the matmuls run in it anyway, and the copy takes half the memory).
+        guidance: TGDPO's guidance model (same tokenizer), run frozen beside the reference.
     """
 
     def __init__(
@@ -399,30 +482,62 @@ class LLMAdapter:
         max_length: int = 1024,
         layout: Layout = "shared",
         chunk_size: int = 1024,
-        wpo: bool = False,
+        extras: frozenset[str] = frozenset(),
         reference_dtype: torch.dtype | None = None,
+        guidance: nn.Module | None = None,
     ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.layout = layout
         self.reference_kind = reference
+        self.extras = frozenset(extras)
+        if reference in ("precomputed", "none") and self.reference_capture:
+            needs = ", ".join(sorted(self.extras & REFERENCE_STATES.keys()))
+            raise ValueError(
+                f"model.reference={reference} cannot give the reference states that {needs} need; use copy or adapter."
+            )
+        if "guidance" in self.extras and guidance is None:
+            raise ValueError("The objective needs a guidance model (model.guidance_path); none was given.")
         disable_dropout(model)
-        self.scorer = CausalLMScorer(model, chunk_size=chunk_size, wpo=wpo)
+        self.scorer = CausalLMScorer(model, chunk_size=chunk_size)
+        mask_names = tuple(name for name in ("mask", "mask_u", "mask_d") if name in self.extras)
+        if mask_names:
+            config = self.scorer.causal_lm.config.get_text_config()
+            eps = getattr(config, "layer_norm_eps", None) or getattr(config, "rms_norm_eps", None) or 1e-5
+            self.scorer.mask_net = TokenMask(config.hidden_size, config.num_hidden_layers, mask_names, eps, chunk_size)
         self.reference_scorer = None
         if reference == "copy":
             self.reference_scorer = CausalLMScorer(frozen_copy(model, reference_dtype), chunk_size=chunk_size)
+        self.guidance_scorer = None
+        if guidance is not None:
+            disable_dropout(guidance)
+            guidance = guidance.to(reference_dtype) if reference_dtype is not None else guidance
+            self.guidance_scorer = CausalLMScorer(guidance.requires_grad_(False).eval(), chunk_size=chunk_size)
 
     @classmethod
     def from_config(
-        cls, section, reference: str, wpo: bool = False, reference_dtype: torch.dtype | None = None
+        cls, section, reference: str, extras: frozenset[str] = frozenset(), reference_dtype: torch.dtype | None = None
     ) -> LLMAdapter:
-        """Load the model named by a :class:`~mmdpo.config.ModelSection` and wrap it (LoRA when configured)."""
-        model, tokenizer = load_causal_lm(
-            section.path,
-            dtype=DTYPES[section.dtype],
-            attn_implementation=section.attn_implementation,
-            trust_remote_code=section.trust_remote_code,
-        )
+        """Load the model named by a :class:`~mmdpo.config.ModelSection` and wrap it (LoRA when configured), plus
+        the guidance model when the objective asks for one."""
+
+        def load(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+            return load_causal_lm(
+                path,
+                dtype=DTYPES[section.dtype],
+                attn_implementation=section.attn_implementation,
+                trust_remote_code=section.trust_remote_code,
+            )
+
+        model, tokenizer = load(section.path)
+        guidance = None
+        if "guidance" in extras:
+            guidance, guidance_tokenizer = load(section.guidance_path)
+            if guidance_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise ValueError(
+                    f"model.guidance_path={section.guidance_path!r} has another vocabulary than model.path="
+                    f"{section.path!r}; token rewards need the policy's tokenizer, so pick a model of its family."
+                )
         if section.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if section.lora is not None:
@@ -446,13 +561,19 @@ class LLMAdapter:
             max_length=section.max_length,
             layout=section.layout,
             chunk_size=section.logprob_chunk,
-            wpo=wpo,
+            extras=extras,
             reference_dtype=reference_dtype,
+            guidance=guidance,
         )
 
     @property
     def attention(self) -> str:
         return self.scorer.causal_lm.config._attn_implementation
+
+    @property
+    def reference_capture(self) -> tuple[str, ...]:
+        """What the reference pass keeps for the policy pass and the objective, by the extras asked for."""
+        return tuple(sorted({REFERENCE_STATES[name] for name in self.extras & REFERENCE_STATES.keys()}))
 
     def tokenize(self, row: dict[str, Any]) -> dict[str, Any]:
         return tokenize_group(row, self.tokenizer, self.max_length)
@@ -466,33 +587,53 @@ class LLMAdapter:
             attention=self.attention,
         )
 
-    def inputs(self, batch: LLMBatch, generator: torch.Generator | None = None) -> dict[str, Tensor | None]:
-        """The forward inputs of a batch (token scoring draws no randomness, so ``generator`` is unused)."""
+    def inputs(self, batch: LLMBatch, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """The forward inputs of a batch (token scoring draws no randomness, so ``generator`` is unused).
+
+        :meth:`reference_loglik` adds what the reference pass leaves for the policy pass (its hidden states
+        and output layer for ``token_kl``, its layer states for learned masks).
+        """
         return batch.model_inputs()
 
-    def policy_loglik(self, scorer: nn.Module, batch: LLMBatch, inputs: dict[str, Tensor | None]) -> LogLik:
+    def policy_loglik(self, scorer: nn.Module, batch: LLMBatch, inputs: dict[str, Any]) -> LogLik:
         """Per-token policy log-probs through ``scorer`` (the prepared, possibly wrapped, :attr:`scorer`)."""
-        values, aligned = scorer(**inputs)
-        return to_loglik(values, batch, aligned)
+        capture = ("wpo_logp",) if "wpo_logp" in self.extras else ()
+        return to_loglik(scorer(**inputs, capture=capture), batch)
 
-    def reference_loglik(self, batch: LLMBatch, inputs: dict[str, Tensor | None]) -> LogLik | None:
-        """Reference per-token log-probs of a batch, or None when reference-free."""
+    def reference_loglik(self, batch: LLMBatch, inputs: dict[str, Any]) -> LogLik | None:
+        """Reference per-token log-probs of a batch (plus the guidance model's), or None when reference-free."""
         if self.reference_kind == "none":
             return None
+        guidance = {}
+        if "guidance" in self.extras:
+            if batch.guidance_values is not None:
+                guidance["guidance"] = batch.guidance_values
+            else:
+                with torch.no_grad():
+                    guidance["guidance"] = self.guidance_scorer(**inputs)["values"]
         if self.reference_kind == "precomputed":
             if batch.reference_values is None:
                 raise ValueError("model.reference=precomputed but the batch carries no reference_logps.")
-            return to_loglik(batch.reference_values, batch)
+            return to_loglik({"values": batch.reference_values, **guidance}, batch)
+        capture = self.reference_capture
         with torch.no_grad():
             if self.reference_kind == "adapter":
                 with adapter_disabled(self.scorer.model):
-                    return to_loglik(self.scorer(**inputs)[0], batch)
-            return to_loglik(self.reference_scorer(**inputs)[0], batch)
+                    scores = self.scorer(**inputs, capture=capture)
+                head = base_head(self.scorer.causal_lm.get_output_embeddings())
+            else:
+                scores = self.reference_scorer(**inputs, capture=capture)
+                head = self.reference_scorer.causal_lm.get_output_embeddings()
+        if "hidden" in scores:
+            inputs.update(reference_hidden=scores.pop("hidden"), reference_head=head)
+        if "layers" in scores:
+            inputs["reference_layers"] = scores.pop("layers")
+        return to_loglik({**scores, **guidance}, batch)
 
     @property
     def frozen_modules(self) -> list[nn.Module]:
         """Modules the trainer moves to the device but never optimises."""
-        return [] if self.reference_scorer is None else [self.reference_scorer]
+        return [scorer for scorer in (self.reference_scorer, self.guidance_scorer) if scorer is not None]
 
     def save(self, scorer: CausalLMScorer, directory: str | Path) -> None:
         """The adapter (peft) or full model plus the tokenizer, loadable with peft/transformers as they are."""

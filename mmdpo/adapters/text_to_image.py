@@ -12,6 +12,7 @@ noise per group, noises (or inverts) the latents, and scores policy and referenc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Sequence
@@ -79,7 +80,7 @@ def load_text_to_image(path: str, dtype: torch.dtype = torch.float32, *, encoder
 
     if path.startswith("tiny:"):
         parts = tiny_text_to_image(path.removeprefix("tiny:"))
-        model = TextToImageModel(path, parts["unet"].to(dtype), parts["scheduler"])
+        model = TextToImageModel(path, cast(parts["unet"], dtype), parts["scheduler"])
         if encoders:
             model.vae, model.text_encoders, model.tokenizers = parts["vae"], parts["text_encoders"], parts["tokenizers"]
         return model
@@ -112,6 +113,17 @@ def load_encoders(path: str) -> tuple[AutoencoderKL, list[nn.Module], list[Any]]
         text_encoders.append(_load(CLIPTextModelWithProjection, path, "text_encoder_2", "model.path"))
         tokenizers.append(_load(AutoTokenizer, path, "tokenizer_2", "model.path"))
     return vae, text_encoders, tokenizers
+
+
+def cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` in ``dtype``, cast only when it differs (diffusers models warn on every cast)."""
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+
+
+def freeze(module: nn.Module, dtype: torch.dtype, device: torch.device | None = None) -> nn.Module:
+    """A frozen part (VAE, text encoder): eval mode, no gradients, in ``dtype``, on ``device`` when given."""
+    cast(module.requires_grad_(False).eval(), dtype)
+    return module if device is None else module.to(device)
 
 
 def _load(cls, path: str, subfolder: str | None, field_name: str, **kwargs):
@@ -350,9 +362,9 @@ class TextToImageAdapter:
             self.reference_scorer = UNetDenoiser(frozen_copy(self.model.unet, self.reference_dtype))
 
     def _prepare_encoders(self) -> None:
-        self.model.vae.requires_grad_(False).eval().to(self.vae_dtype)
+        freeze(self.model.vae, self.vae_dtype)
         for encoder in self.model.text_encoders:
-            encoder.requires_grad_(False).eval().to(self.text_dtype)
+            freeze(encoder, self.text_dtype)
 
     def encoders(self) -> TextToImageModel:
         """The model with its VAE and text encoders, loading them (onto the UNet's device) if they are not yet."""
@@ -484,6 +496,35 @@ class TextToImageAdapter:
             text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], safety_checker=None,
             feature_extractor=None, requires_safety_checker=False, **parts,
         )  # fmt: skip
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        steps: int = 25,
+        guidance_scale: float = 5.0,
+        reference: bool = False,
+    ) -> Tensor:
+        """Images ``[P, S, 3, R, R]`` in [0, 1] of the policy, or of the reference (``reference=True``), one per
+        prompt and seed, each from its own generator, so an image does not depend on what else is generated."""
+        pipe = self.pipeline(self.reference_scorer.unet if reference and self.reference == "copy" else None)
+        pipe.set_progress_bar_config(disable=True)
+        if reference and self.reference != "copy" and not getattr(self.model.unet, "peft_config", None):
+            raise ValueError("There is no reference to sample from: neither a LoRA adapter to switch off nor a copy.")
+        disabled = reference and self.reference != "copy"
+        device = self.model.unet.device
+        images = []
+        with adapter_disabled(self.model.unet) if disabled else contextlib.nullcontext():
+            for seed in seeds:
+                out = pipe(
+                    list(prompts), generator=[torch.Generator(device).manual_seed(seed) for _ in prompts],
+                    num_inference_steps=steps, guidance_scale=guidance_scale, height=self.resolution,
+                    width=self.resolution, output_type="pt",
+                )  # fmt: skip
+                images.append(out.images.float().cpu())
+        return torch.stack(images, dim=1)
 
     def save(self, scorer: UNetDenoiser, directory: str | Path) -> None:
         """A LoRA that ``pipe.load_lora_weights(directory)`` accepts, or the whole pipeline with the trained UNet."""

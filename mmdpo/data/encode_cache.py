@@ -3,7 +3,8 @@
     mmdpo cache configs/sdxl/diffusion_dpo_lora.yaml     # writes <data.cache_dir>/encodings-<key>/
     mmdpo train configs/sdxl/diffusion_dpo_lora.yaml     # finds it and never loads the VAE or the text encoders
 
-A cache is self-contained training data for one source (``data.path``, and ``data.eval_path`` when set):
+A cache is self-contained training data for one source (``data.path``, and the held-out source when there is one,
+see :attr:`~mmdpo.config.DataSection.sources`):
 
     meta.json                  the key (what the encodings depend on), counts, label kind, rows skipped on loading
     groups.parquet             the groups without their images: prompt, labels, row_index, prompt_index
@@ -64,15 +65,16 @@ def identity(path: str, parts: Sequence[str] = ()) -> Any:
     return [str(local.resolve()), _files_identity(local.resolve(), parts)]
 
 
-def cache_key(config, source: str) -> dict[str, Any]:
-    """Everything the encodings of ``source`` depend on under ``config`` (a :class:`~mmdpo.config.Config`)."""
+def cache_key(config, source: tuple[str, str]) -> dict[str, Any]:
+    """Everything the encodings of ``source`` (path, split) depend on under ``config`` (a ``Config``)."""
     model, data = config.model, config.data
+    path, split = source
     return {
         "version": VERSION,
         "encoders": identity(model.path, ENCODER_PARTS),
         "vae_path": None if model.vae_path is None else identity(model.vae_path),
-        "data": identity(source),
-        "loader": {k: getattr(data, k) for k in ("format", "split", "ties", "bad_rows", "pairs")},
+        "data": identity(path),
+        "loader": {"split": split, **{k: getattr(data, k) for k in ("format", "ties", "bad_rows", "pairs")}},
         "transform": {"resolution": data.resolution, "crop": data.crop, "flip": data.flip, "seed": config.train.seed},
         "latents": model.latents,
         "dtypes": {"vae": model.vae_dtype, "text": text_dtype_name(config), "cache": data.cache_dtype},
@@ -88,14 +90,9 @@ def cache_root(config) -> Path:
     return Path(config.data.cache_dir or Path(config.train.output_dir) / "cache")
 
 
-def cache_path(config, source: str) -> Path:
+def cache_path(config, source: tuple[str, str]) -> Path:
     digest = hashlib.sha256(json.dumps(cache_key(config, source), sort_keys=True).encode()).hexdigest()[:16]
     return cache_root(config) / f"encodings-{digest}"
-
-
-def sources(config) -> list[str]:
-    """The data sources a run reads: ``data.path`` and, when set, ``data.eval_path``."""
-    return [config.data.path] + ([config.data.eval_path] if config.data.eval_path is not None else [])
 
 
 # --- writing ---------------------------------------------------------------------------------------

@@ -13,6 +13,15 @@ Formats (detected from the columns, or forced with ``format=``):
 - ``ranked``: ``prompt``, ``responses`` (or ``completions``) and ``ranks`` and/or ``scores``.
 - ``unpaired``: ``prompt``, ``completion``, ``label`` (bool) -> K = 1, ``desirable``.
 - ``groups``: our own schema, validated.
+- ``step_dpo``: Step-DPO's columns (its ``Math-Step-DPO-10K``): ``prompt``, ``initial_reason_steps`` (the correct
+  steps so far, possibly empty; ``prefix`` as its data pipeline names it), ``chosen`` and ``rejected`` (the next
+  step, right and wrong) -> K = 2 step pairs, the correct steps as ``prefix``, one step per candidate.
+- ``steps``: whole solutions as step lists: ``prompt``, ``chosen_steps``, ``rejected_steps`` and optionally
+  ``first_error``, the index of the rejected solution's first wrong step. The steps before the point where the
+  two lists part are shared and become ``prefix``; each candidate keeps its steps from there on. ``first_error``,
+  when given, must be that point (a check on the data). -> K = 2 step pairs.
+
+Steps are concatenated exactly as given, so keep their separators (such as a trailing newline) in the texts.
 
 Sources: a JSONL/JSON, Parquet or CSV file; a directory of such files (split by file name as ``datasets``
 does it, e.g. ``data/train-0000.parquet`` and ``data/test-0000.parquet``); a ``save_to_disk`` directory of a
@@ -48,7 +57,7 @@ from datasets import (
 from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
 from datasets.exceptions import DatasetGenerationError
 
-from mmdpo.data.schema import CANDIDATES, DESIRABLE, GROUP_ID, PASSTHROUGH, PROMPT, RANKS, SCORES
+from mmdpo.data.schema import CANDIDATES, DESIRABLE, GROUP_ID, PASSTHROUGH, PREFIX, PROMPT, RANKS, SCORES, STEPS
 
 Ties = Literal["drop", "keep"]
 BadRows = Literal["error", "skip"]
@@ -58,11 +67,13 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 FORMAT_COLUMNS: dict[str, list[tuple[str, ...]]] = {
     # Each tuple is one requirement: at least one of its columns must be present.
     "groups": [(PROMPT,), (CANDIDATES,), (RANKS, SCORES, DESIRABLE)],
+    "step_dpo": [(PROMPT,), ("initial_reason_steps", PREFIX), ("chosen",), ("rejected",)],
+    "steps": [(PROMPT,), ("chosen_steps",), ("rejected_steps",)],
     "pairs": [("chosen",), ("rejected",)],
     "ranked": [(PROMPT,), ("responses", "completions"), (RANKS, SCORES)],
     "unpaired": [(PROMPT,), ("completion",), ("label",)],
 }
-LIST_COLUMNS = (CANDIDATES, "responses", "completions", RANKS, SCORES, DESIRABLE)
+LIST_COLUMNS = (CANDIDATES, "responses", "completions", RANKS, SCORES, DESIRABLE, "chosen_steps", "rejected_steps")
 
 
 class BadRow(ValueError):
@@ -149,7 +160,9 @@ def _pick_split(tables: Dataset | Mapping[str, Any], split: str, where: str) -> 
     if isinstance(tables, Dataset):
         tables = {"train": tables}
     if split not in tables:
-        raise ValueError(f"data.split={split!r} is not in {where}, which has: {', '.join(tables)}.")
+        raise ValueError(
+            f"The split {split!r} is not in {where}, which has: {', '.join(tables)}; set data.split (or eval_split)."
+        )
     return tables[split]
 
 
@@ -323,8 +336,59 @@ def _from_groups(row: dict[str, Any]) -> dict[str, Any]:
     return _group(row.get(PROMPT), candidates, fields, labels)
 
 
+def _step(value: Any, field: str) -> str:
+    if value is None or value == "":
+        raise BadRow("empty_response", field, "is empty")
+    if not isinstance(value, str):
+        raise BadRow("wrong_type", field, f"must be the text of a step, got {str(value)[:40]}")
+    return value
+
+
+def _step_list(row: dict[str, Any], field: str) -> list[str]:
+    return [_step(step, f"{field}[{i}]") for i, step in enumerate(_candidate_list(row, field))]
+
+
+def _step_pair(prompt: Any, prefix: str, chosen: list[str], rejected: list[str]) -> dict[str, Any]:
+    """A K = 2 step group: the prompt (text or messages), the shared correct steps, each candidate's steps."""
+    _content(prompt, PROMPT)
+    steps = [chosen, rejected]
+    return {PROMPT: prompt, PREFIX: prefix, CANDIDATES: ["".join(s) for s in steps], STEPS: steps, RANKS: [0, 1]}
+
+
+def _from_step_dpo(row: dict[str, Any]) -> dict[str, Any]:
+    field = "initial_reason_steps" if "initial_reason_steps" in row else PREFIX
+    prefix = row.get(field) or ""
+    if not isinstance(prefix, str):
+        raise BadRow("wrong_type", field, f"must be the text of the correct steps so far, got {str(prefix)[:40]}")
+    return _step_pair(
+        row.get(PROMPT), prefix, [_step(row.get("chosen"), "chosen")], [_step(row.get("rejected"), "rejected")]
+    )
+
+
+def _from_steps(row: dict[str, Any]) -> dict[str, Any]:
+    chosen, rejected = _step_list(row, "chosen_steps"), _step_list(row, "rejected_steps")
+    parting = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    first = row.get("first_error")
+    if first is not None:
+        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+            raise BadRow("bad_label", "first_error", f"must be a step index >= 0, got {first!r}")
+        if first != parting:
+            raise BadRow(
+                "bad_label",
+                "first_error",
+                f"is {first} but 'chosen_steps' and 'rejected_steps' part at step {parting} (the steps before the "
+                "first error are the same in both, the erroneous one differs)",
+            )
+    for name, steps in (("chosen_steps", chosen), ("rejected_steps", rejected)):
+        if parting == len(steps):
+            raise BadRow("empty_response", name, "has no step after the steps it shares with the other solution")
+    return _step_pair(row.get(PROMPT), "".join(chosen[:parting]), chosen[parting:], rejected[parting:])
+
+
 CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "groups": _from_groups,
+    "step_dpo": _from_step_dpo,
+    "steps": _from_steps,
     "pairs": _from_pairs,
     "ranked": _from_ranked,
     "unpaired": _from_unpaired,
@@ -414,6 +478,8 @@ def _to_dataset(groups: list[dict[str, Any]], columns: list[str]) -> Dataset:
             RANKS: List(Value("int64")),
             SCORES: List(Value("float64")),
             DESIRABLE: List(Value("bool")),
+            PREFIX: Value("string"),
+            STEPS: List(List(Value("string"))),
         }
         return Dataset.from_dict(data, features=Features({name: types[name] for name in columns}))
 
@@ -474,6 +540,10 @@ def load_groups(
         sources.append(index)
 
     if pairs != "none" and groups:
+        if STEPS in groups[0]:
+            raise ValueError(
+                f"data.pairs={pairs} expands ranked lists, but {name} holds step pairs; set data.pairs=none."
+            )
         if label_of(groups[0]) == DESIRABLE:
             raise ValueError(f"data.pairs={pairs} needs ranked or scored groups, but {name} is unpaired.")
         expanded, expanded_sources = [], []
@@ -494,6 +564,8 @@ def load_groups(
     columns = [PROMPT, CANDIDATES, label]
     if label == RANKS and all(group.get(SCORES) is not None for group in groups):
         columns.append(SCORES)
+    if STEPS in groups[0]:
+        columns += [PREFIX, STEPS]
     dataset = _to_dataset(groups, columns)
     if passthrough:
         dataset = concatenate_datasets([dataset, table.select_columns(passthrough).select(sources)], axis=1)

@@ -38,3 +38,18 @@ def toy_groups(num_groups: int, seed: int = 0, purity: float = 0.85) -> Dataset:
             {"prompt": f"Say a word about {topic}:", "candidates": [f" {chosen}", f" {rejected}"], "ranks": [0, 1]}
         )
     return Dataset.from_list(rows)
+
+
+def toy_step_pairs(num_groups: int, seed: int = 0) -> Dataset:
+    """``num_groups`` step-level pairs (the ``steps`` format): a sum solved in two steps, the rejected solution
+    right in the first step and wrong in the second."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_groups):
+        a, b = rng.randint(1, 49), rng.randint(1, 49)
+        wrong = a + b + rng.choice([-10, -1, 1, 10])
+        first = f" {a} plus {b}.\n"
+        rows.append(
+            {"prompt": f"{a}+{b}=?", "chosen_steps": [first, f" = {a + b}"], "rejected_steps": [first, f" = {wrong}"]}
+        )
+    return Dataset.from_list(rows)

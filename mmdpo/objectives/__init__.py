@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmdpo.objectives import diffusion, listwise, pairwise, unpaired
+from mmdpo.objectives import diffusion, listwise, pairwise, token, unpaired
 from mmdpo.objectives.core import LogLik, ObjectiveOutput, Preferences
 
 _KERNELS = [
@@ -38,6 +38,10 @@ OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
     "mapo": diffusion.mapo,
     "dro_hinge": diffusion.dro_hinge,
     "diffusion_kto": diffusion.diffusion_kto,
+    "tdpo": token.tdpo,
+    "sparsepo": token.sparsepo,
+    "tgdpo": token.tgdpo,
+    "step_dpo": token.step_dpo,
 }
 
 REFERENCE_FREE = frozenset({"simpo", "orpo", "triple_po", "asft", "mapo"})
@@ -45,6 +49,17 @@ REFERENCE_FREE = frozenset({"simpo", "orpo", "triple_po", "asft", "mapo"})
 
 BATCH_SORTED = frozenset({"aot", "aot_unpaired"})
 """Objectives whose per-group losses come back in sorted order, not the batch's."""
+
+TOKEN_LEVEL = frozenset({"tdpo", "sparsepo", "tgdpo", "step_dpo"})
+"""Objectives that read per-token extras only a causal-LM adapter gives (see :attr:`Objective.extras`)."""
+
+EXTRAS: dict[str, frozenset[str]] = {
+    "tdpo": frozenset({"token_kl"}),
+    "sparsepo": frozenset({"token_kl"}),
+    "tgdpo": frozenset({"guidance"}),
+    "step_dpo": frozenset({"step_index"}),
+}
+"""Extras (named as in :class:`LogLik`) an objective always needs beyond log-likelihoods."""
 
 # Hyperparameter defaults that differ from the kernel's own, per registered name.
 PRESETS: dict[str, dict[str, Any]] = {"rpo": {"sft_weight": 1.0}, "apo_zero_unpaired": {"kl": False}}
@@ -67,6 +82,20 @@ class Objective:
     @property
     def needs_reference(self) -> bool:
         return self.name not in REFERENCE_FREE
+
+    @property
+    def extras(self) -> frozenset[str]:
+        """The extras the adapter must attach to the LogLiks (see :class:`LogLik`); empty for plain DPO, so the
+        adapter does no work an objective does not ask for."""
+        params = {**hyperparameters(self.name), **self.hparams}
+        needs = set(EXTRAS.get(self.name, ()))
+        if params.get("wpo"):
+            needs.add("wpo_logp")
+        if self.name == "kto" and params["kl"]:
+            needs.add("mismatched")
+        if self.name == "sparsepo":
+            needs |= token.mask_extras(params["mask"], params["independent"])
+        return frozenset(needs)
 
     @property
     def stateful(self) -> bool:
@@ -110,6 +139,7 @@ def _suggest(word: str, options) -> str:
 __all__ = [
     "OBJECTIVES",
     "REFERENCE_FREE",
+    "TOKEN_LEVEL",
     "LogLik",
     "Objective",
     "ObjectiveOutput",

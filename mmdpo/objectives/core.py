@@ -25,7 +25,10 @@ class LogLik:
         extras: named tensors some objectives need beyond ``values``:
             ``"wpo_logp"`` ``[B, K, U]`` per-token ``log p_t - log sum_v p_v^2`` (WPO weights);
             ``"mismatched"`` ``[B, K]`` log-likelihood of each candidate under a mismatched
-            condition (the KTO reference point).
+            condition (the KTO reference point); the token-level ones of :mod:`mmdpo.objectives.token`
+            (``"token_kl"``, ``"mask"``, ``"mask_u"``, ``"mask_d"``, ``"layer_means"``, ``"guidance"``,
+            ``"step_index"``). An adapter attaches only those the objective asks for
+            (:attr:`mmdpo.objectives.Objective.extras`).
 
     For diffusion the estimate is the ELBO surrogate ``-0.5 * mean((pred - target)^2)``, so
     ``beta = 5000`` reproduces the official SDXL Diffusion-DPO setting.

@@ -19,11 +19,11 @@ from mmdpo.training.reference import model_fingerprint, precompute_reference
 TOY_GROUPS = 512
 
 
-def _groups(path: str, config: Config) -> GroupSet:
+def _groups(path: str, split: str, config: Config) -> GroupSet:
     data = config.data
     source = toy_groups(TOY_GROUPS, seed=config.train.seed) if path == "toy" else path
     return load_groups(
-        source, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
+        source, format=data.format, split=split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
     )
 
 
@@ -49,10 +49,11 @@ def prepare_datasets(
 ) -> tuple[Dataset, Dataset | None, dict[str, int]]:
     """Load, split and tokenise the data; precompute reference values when configured."""
     data = config.data
-    groups = _groups(data.path, config)
+    sources = [_groups(path, split, config) for path, split in data.sources]
+    groups = sources[0]
     skipped = Counter(groups.skipped)
-    if data.eval_path is not None:
-        train_set, eval_set = groups, _groups(data.eval_path, config)
+    if len(sources) > 1:
+        train_set, eval_set = groups, sources[1]
     else:
         train_set, eval_set = train_eval_split(groups, data.eval_fraction, seed=config.train.seed)
     train_ds = tokenize(train_set.dataset, llm, data.bad_rows, skipped)
@@ -60,33 +61,42 @@ def prepare_datasets(
 
     if reference_kind == "precomputed":
         cache_dir = Path(data.cache_dir or Path(config.train.output_dir) / "cache")
-        key = {
-            "model": model_fingerprint(llm.scorer.model),
-            "max_length": llm.max_length,
-            "mixed_precision": config.train.mixed_precision,
-        }
-
-        llm.scorer.to(accelerator.device)
-
-        def score(rows: list[dict]):
-            batch = llm.collate(rows).to(accelerator.device)
-            with accelerator.autocast():
-                return llm.scorer(**batch.model_inputs())[0]
-
-        def attach(ds: Dataset) -> Dataset:
-            if accelerator.is_main_process:
-                precompute_reference(ds, score, batch_size=config.train.batch_size, cache_dir=cache_dir, key_parts=key)
-            accelerator.wait_for_everyone()
-            return precompute_reference(
-                ds, score, batch_size=config.train.batch_size, cache_dir=cache_dir, key_parts=key
+        frozen = {"reference_logps": llm.scorer}
+        if llm.guidance_scorer is not None:  # every frozen model's values travel with the data
+            frozen["guidance_logps"] = llm.guidance_scorer
+        for column, scorer in frozen.items():
+            train_ds = attach_values(train_ds, column, scorer, llm, config, accelerator, cache_dir)
+            eval_ds = (
+                None if eval_ds is None else attach_values(eval_ds, column, scorer, llm, config, accelerator, cache_dir)
             )
-
-        train_ds = attach(train_ds)
-        eval_ds = None if eval_ds is None else attach(eval_ds)
+        llm.guidance_scorer = None
     return train_ds, eval_ds, dict(skipped)
 
 
-def load_image_source(path: str, config: Config) -> GroupSet:
+def attach_values(
+    ds: Dataset, column: str, scorer, llm: LLMAdapter, config: Config, accelerator: Accelerator, cache_dir: Path
+) -> Dataset:
+    """``ds`` plus a ``column`` of ``scorer``'s per-token log-probs, computed once on the main process and cached."""
+    key = {
+        "model": model_fingerprint(scorer.model),
+        "max_length": llm.max_length,
+        "mixed_precision": config.train.mixed_precision,
+    }
+    scorer.to(accelerator.device)
+
+    def score(rows: list[dict]):
+        batch = llm.collate(rows).to(accelerator.device)
+        with accelerator.autocast():
+            return scorer(**batch.model_inputs())["values"]
+
+    settings = {"batch_size": config.train.batch_size, "cache_dir": cache_dir, "key_parts": key, "column": column}
+    if accelerator.is_main_process:
+        precompute_reference(ds, score, **settings)
+    accelerator.wait_for_everyone()
+    return precompute_reference(ds, score, **settings)
+
+
+def load_image_source(path: str, split: str, config: Config) -> GroupSet:
     """Image groups of one source with every image checked once (unreadable ones fatal or skipped)."""
     from mmdpo.data.images import check_images, load_image_groups
 
@@ -94,7 +104,7 @@ def load_image_source(path: str, config: Config) -> GroupSet:
     if path == "toy":
         raise ValueError("data.path=toy is the text task; give text-to-image training a dataset path.")
     groups = load_image_groups(
-        path, format=data.format, split=data.split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
+        path, format=data.format, split=split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
     )
     return check_images(groups, data.bad_rows)
 

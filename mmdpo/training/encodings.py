@@ -17,7 +17,6 @@ from mmdpo.data.encode_cache import (
     Encoders,
     cache_key,
     cache_path,
-    sources,
     text_dtype_name,
     write_cache,
 )
@@ -29,6 +28,7 @@ def build_encode_caches(config: Config, accelerator: Accelerator | None = None) 
         collate_images,
         encode_moments,
         encode_prompts,
+        freeze,
         load_encoders,
         tokenize_prompts,
     )
@@ -43,8 +43,8 @@ def build_encode_caches(config: Config, accelerator: Accelerator | None = None) 
 
         vae = AutoencoderKL.from_pretrained(model.vae_path)
     device = accelerator.device
-    vae = vae.to(device, DTYPES[model.vae_dtype]).eval().requires_grad_(False)
-    text_encoders = [e.to(device, DTYPES[text_dtype_name(config)]).eval().requires_grad_(False) for e in text_encoders]
+    vae = freeze(vae, DTYPES[model.vae_dtype], device)
+    text_encoders = [freeze(encoder, DTYPES[text_dtype_name(config)], device) for encoder in text_encoders]
     transform = GroupTransform(data.resolution, crop=data.crop, flip=data.flip)
     encoders = Encoders(
         encode_prompts=lambda prompts: {
@@ -58,11 +58,11 @@ def build_encode_caches(config: Config, accelerator: Accelerator | None = None) 
         dtype=DTYPES[data.cache_dtype],
     )
     written = []
-    for source in sources(config):
+    for source in data.sources:
         directory = cache_path(config, source)
         if not (directory / "complete").exists():
             write_cache(
-                load_image_source(source, config),
+                load_image_source(*source, config),
                 directory,
                 cache_key(config, source),
                 encoders,
@@ -83,7 +83,7 @@ def open_encode_caches(config: Config) -> list[EncodeCache] | None:
     """
     if config.data.encode_cache == "off":
         return None
-    directories = [cache_path(config, source) for source in sources(config)]
+    directories = [cache_path(config, source) for source in config.data.sources]
     missing = [d for d in directories if not (d / "complete").exists()]
     if missing:
         if config.data.encode_cache == "require":

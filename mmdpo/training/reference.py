@@ -66,26 +66,27 @@ def precompute_reference(
     batch_size: int,
     cache_dir: str | Path,
     key_parts: dict,
+    column: str = "reference_logps",
     progress: bool = True,
 ) -> Dataset:
-    """Add a ``reference_logps`` column (per candidate, per token) computed by ``score``, cached on disk.
+    """Add a ``column`` of per-candidate, per-token values computed by ``score``, cached on disk.
 
     ``score(rows)`` returns ``[B, K, T]`` per-token values and the rows' token counts give the
     lengths. The cache key hashes the dataset fingerprint with ``key_parts`` (model fingerprint,
     max length, ...), so a changed model or dataset recomputes.
     """
     key = hashlib.sha256(json.dumps({"data": dataset._fingerprint, **key_parts}, sort_keys=True).encode()).hexdigest()
-    path = Path(cache_dir) / f"reference-{key[:16]}"
+    path = Path(cache_dir) / f"{column.removesuffix('_logps')}-{key[:16]}"
     if path.exists():
         return load_from_disk(str(path))
     values = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="reference log-probs", disable=not progress):
+    for start in tqdm(range(0, len(dataset), batch_size), desc=column, disable=not progress):
         rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
         with torch.no_grad():
             per_token = score(rows).cpu()
         for row, group in zip(rows, per_token):
             values.append([group[k, : len(ids)].tolist() for k, ids in enumerate(row["candidate_ids"])])
-    result = dataset.add_column("reference_logps", values)
+    result = dataset.add_column(column, values)
     tmp = path.with_name(path.name + ".tmp")
     result.save_to_disk(str(tmp))
     tmp.rename(path)

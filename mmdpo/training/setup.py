@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset
 
-from mmdpo.config import Config, modality
+from mmdpo.config import Config, ConfigError, modality
 from mmdpo.objectives import Objective
 
 
@@ -40,10 +40,14 @@ def set_up(config: Config, accelerator: Accelerator, objective: Objective, refer
     from mmdpo.adapters.llm import LLMAdapter
     from mmdpo.training.data import prepare_datasets
 
-    wpo = bool(config.objective.hparams.get("wpo"))
-    adapter = LLMAdapter.from_config(config.model, reference, wpo=wpo, reference_dtype=half)
-    mismatched = objective.name == "kto" and objective.hparams.get("kl", True)
+    adapter = LLMAdapter.from_config(config.model, reference, extras=objective.extras, reference_dtype=half)
     train, evaluation, skipped = prepare_datasets(config, adapter, accelerator, reference)
+    if "step_index" in objective.extras and (len(train) == 0 or train[0]["step_ids"] is None):
+        raise ConfigError(
+            f"objective.name={objective.name} needs step data, but data.path={config.data.path!r} has no steps; "
+            "give the steps or step_dpo format (see mmdpo.data.loaders)."
+        )
+    mismatched = "mismatched" in objective.extras
     return Setup(adapter, train, evaluation, skipped, lambda rows, epoch: adapter.collate(rows, mismatched=mismatched))
 
 
@@ -60,7 +64,6 @@ def _set_up_text_to_image(config: Config, reference: str, half: torch.dtype | No
         train, evaluation, skipped = split_image_groups(config, caches[0].group_set(), eval_groups)
         return Setup(adapter, train, evaluation, skipped, caches[0].collate, caches[-1].collate)
     adapter = TextToImageAdapter.from_config(config, reference, half)
-    data = config.data
-    eval_groups = None if data.eval_path is None else load_image_source(data.eval_path, config)
-    train, evaluation, skipped = split_image_groups(config, load_image_source(data.path, config), eval_groups)
+    groups = [load_image_source(path, split, config) for path, split in config.data.sources]
+    train, evaluation, skipped = split_image_groups(config, groups[0], groups[1] if len(groups) > 1 else None)
     return Setup(adapter, train, evaluation, skipped, partial(adapter.collate, seed=config.train.seed))

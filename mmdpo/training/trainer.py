@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +31,7 @@ from transformers import get_scheduler
 from mmdpo.config import Config, resolved_reference
 from mmdpo.objectives import Objective, get_objective
 from mmdpo.training import checkpoint
-from mmdpo.training.logs import RunLog, plot_curves
+from mmdpo.training.logs import RunLog, image_grid, plot_curves
 from mmdpo.training.setup import set_up
 
 
@@ -69,6 +70,21 @@ def micro_batches(
         epoch, offset = epoch + 1, 0
 
 
+def make_optimizer(params: list[torch.nn.Parameter], tc, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA), or Adafactor with a fixed learning rate as the official SDXL Diffusion-DPO uses it to
+    fit a full fine-tune (no relative step, no parameter scaling, update clipping at 1)."""
+    if tc.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            params, lr=tc.lr, weight_decay=tc.weight_decay, clip_threshold=1.0, scale_parameter=False,
+            relative_step=False,
+        )  # fmt: skip
+    return torch.optim.AdamW(
+        params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, fused=device.type == "cuda"
+    )
+
+
 def noise_seed(seed: int, rank: int, step: int, micro: int) -> int:
     """The seed of one micro-batch's randomness (diffusion noise, timesteps, dropout), a pure function of where
     it falls, so a resumed run draws exactly what the uninterrupted run drew."""
@@ -93,6 +109,15 @@ class Step:
             reference = self.adapter.reference_loglik(batch, inputs)
         policy = self.adapter.policy_loglik(self.scorer, batch, inputs)
         return self.objective(policy, reference, batch.prefs, state)
+
+
+def write_samples(adapter, samples, prompts: list[str], step: int, log: RunLog, autocast: Callable) -> None:
+    """The validation grid of the policy's images (text-to-image): prompts by rows, seeds by columns."""
+    with autocast():
+        images = adapter.generate(
+            prompts, range(samples.seeds), steps=samples.steps, guidance_scale=samples.guidance_scale
+        )
+    log.images(step, image_grid(images, prompts, [f"seed {seed}" for seed in range(samples.seeds)]))
 
 
 def _mean_metrics(records: list[dict[str, torch.Tensor]], accelerator: Accelerator) -> dict[str, float]:
@@ -136,9 +161,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
     total_steps = tc.max_steps or per_epoch * tc.epochs
 
     params = [p for p in adapter.scorer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, fused=accelerator.device.type == "cuda"
-    )
+    optimizer = make_optimizer(params, tc, accelerator.device)
     schedule = get_scheduler(tc.scheduler, optimizer, int(tc.warmup_ratio * total_steps), total_steps)
     scorer, optimizer = accelerator.prepare(adapter.scorer, optimizer)
     for module in adapter.frozen_modules:
@@ -173,6 +196,10 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         result.eval_before = evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed)
         if accelerator.is_main_process:
             log.write(0, result.eval_before)
+    sampling = tc.samples.every is not None and accelerator.is_main_process
+    prompts = tc.samples.prompts or list(dict.fromkeys((eval_ds or train_ds)["prompt"]))[:4] if sampling else []
+    if sampling and state["step"] == 0:
+        write_samples(adapter, tc.samples, prompts, 0, log, accelerator.autocast)
 
     batches = micro_batches(
         train_ds, setup.collate, tc, world=world, rank=rank, per_epoch=per_epoch, start_step=state["step"],
@@ -185,6 +212,8 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         disable=not (tc.progress and accelerator.is_main_process),
     )
     scorer.train()
+    groups_per_step = tc.batch_size * tc.grad_accum * world
+    clock = (time.perf_counter(), state["step"])
     pending: list[dict[str, torch.Tensor]] = []
     grad_norms: list[torch.Tensor] = []
     nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
@@ -206,12 +235,16 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
         state["step"] = step
         bar.update(1)
 
-        if step % tc.log_every == 0 or step == total_steps:
+        logged = step % tc.log_every == 0 or step == total_steps
+        if logged:
             _check_finite(nonfinite, step)
             metrics = _mean_metrics(pending, accelerator)
             metrics["lr"] = schedule.get_last_lr()[0]
             if grad_norms:
                 metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
+            metrics["throughput/groups_per_s"] = groups_per_step * (step - clock[1]) / (time.perf_counter() - clock[0])
+            if accelerator.device.type == "cuda":
+                metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
             pending, grad_norms = [], []
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('rewards/accuracies', float('nan')):.2f}")
             if eval_loader is not None and tc.eval_every and step % tc.eval_every == 0 and step != total_steps:
@@ -224,9 +257,13 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
             result.history.append({"step": step, **metrics})
             if on_step is not None:
                 on_step(step, metrics)
+        if sampling and (step % tc.samples.every == 0 or step == total_steps):
+            write_samples(adapter, tc.samples, prompts, step, log, accelerator.autocast)
         if tc.save_every and step % tc.save_every == 0 and step != total_steps:
             _check_finite(nonfinite, step)
             checkpoint.save(output_dir, step, accelerator, schedule, state, tc.keep_checkpoints)
+        if logged:  # throughput counts training steps only, not evaluation, samples or checkpoints
+            clock = (time.perf_counter(), step)
     bar.close()
 
     accelerator.wait_for_everyone()

@@ -30,7 +30,7 @@ def test_per_token_logprobs_match_a_plain_forward(tokenizer, arch, attention, la
     model = tiny_causal_lm(arch, tokenizer, attn_implementation=attention)
     rows = encode(ROWS, tokenizer)
     batch = collate(rows, pad_token_id=tokenizer.pad_token_id, layout=layout, attention=attention)
-    values, _ = CausalLMScorer(model, chunk_size=5)(**batch.model_inputs())
+    values = CausalLMScorer(model, chunk_size=5)(**batch.model_inputs())["values"]
     for g, row in enumerate(rows):
         for k, cand in enumerate(row["candidate_ids"]):
             expected = brute_force(model, row["prompt_ids"], cand)
@@ -55,7 +55,7 @@ def test_gradients_do_not_depend_on_layout_or_chunk_size(tokenizer):
     for layout, chunk in [("shared", 3), ("concat", 1024)]:
         model.zero_grad()
         batch = collate(rows, pad_token_id=tokenizer.pad_token_id, layout=layout)
-        values, _ = CausalLMScorer(model, chunk_size=chunk)(**batch.model_inputs())
+        values = CausalLMScorer(model, chunk_size=chunk)(**batch.model_inputs())["values"]
         (values.sum(-1) * torch.tensor([[1.0, -2.0], [0.5, 3.0]])).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
@@ -67,8 +67,8 @@ def test_padding_from_other_groups_does_not_change_values(tokenizer):
     scorer = CausalLMScorer(model)
     rows = encode(ROWS, tokenizer)
     for layout in ("shared", "concat"):
-        alone, _ = scorer(**collate(rows[1:], pad_token_id=tokenizer.pad_token_id, layout=layout).model_inputs())
-        padded, _ = scorer(**collate(rows, pad_token_id=tokenizer.pad_token_id, layout=layout).model_inputs())
+        alone = scorer(**collate(rows[1:], pad_token_id=tokenizer.pad_token_id, layout=layout).model_inputs())["values"]
+        padded = scorer(**collate(rows, pad_token_id=tokenizer.pad_token_id, layout=layout).model_inputs())["values"]
         width = alone.shape[-1]
         torch.testing.assert_close(padded[1, :, :width], alone[0], atol=1e-5, rtol=1e-5)
 
@@ -77,7 +77,8 @@ def test_selected_logprobs_equal_log_softmax_and_wpo_alignment():
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 11, bias=False)
     hidden, targets = torch.randn(7, 8), torch.randint(0, 11, (7,))
-    logp, aligned = selected_logprobs(hidden, targets, head, chunk_size=3, aligned=True)
+    out = selected_logprobs(hidden, targets, head, chunk_size=3, aligned=True)
+    logp, aligned = out["values"], out["wpo_logp"]
     full = head(hidden).log_softmax(-1)
     torch.testing.assert_close(logp, full.gather(-1, targets[:, None])[:, 0])
     log_sum_sq = torch.logsumexp(2 * full, dim=-1)
@@ -116,8 +117,7 @@ def test_mismatched_candidate_is_the_previous_groups_first(tokenizer):
     model = tiny_causal_lm("llama", tokenizer)
     rows = encode(ROWS, tokenizer)
     batch = collate(rows, pad_token_id=tokenizer.pad_token_id, mismatched=True)
-    values, _ = CausalLMScorer(model)(**batch.model_inputs())
-    loglik = to_loglik(values, batch)
+    loglik = to_loglik(CausalLMScorer(model)(**batch.model_inputs()), batch)
     assert loglik.values.shape[1] == 2
     expected = brute_force(model, rows[0]["prompt_ids"], rows[1]["candidate_ids"][0]).sum()
     torch.testing.assert_close(loglik.extras["mismatched"][0, 0], expected, atol=1e-5, rtol=1e-5)

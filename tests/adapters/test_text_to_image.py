@@ -152,3 +152,20 @@ def test_full_fine_tune_saves_a_pipeline_that_loads_back(tmp_path):
 def test_a_missing_model_path_names_the_field(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.path="):
         load_text_to_image(str(tmp_path / "nowhere"))
+
+
+def test_generation_is_per_prompt_and_seed_and_samples_the_reference_too():
+    ad = adapter(reference="adapter", lora=True)
+    with torch.no_grad():
+        for name, param in ad.model.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    options = {"steps": 2, "guidance_scale": 3.0}
+    both = ad.generate(PROMPTS, [0, 1], **options)
+    assert both.shape == (2, 2, 3, 16, 16) and 0 <= both.min() and both.max() <= 1
+    alone = ad.generate(PROMPTS[1:], [1], **options)  # another batch: the same image for the same prompt and seed
+    torch.testing.assert_close(alone[0, 0], both[1, 1])
+    assert not torch.allclose(both[0, 0], both[0, 1])
+    base = adapter().generate(PROMPTS, [0, 1], **options)  # the same random base, without the adapter
+    torch.testing.assert_close(ad.generate(PROMPTS, [0, 1], reference=True, **options), base)
+    assert (both - base).abs().max() > 1e-3

@@ -182,7 +182,8 @@ def test_malformed_groups_are_caught():
 def test_unknown_options_list_the_valid_ones():
     data = Dataset.from_list(PAIRS)
     with pytest.raises(
-        ValueError, match="data.format='pairz' is unknown; use one of auto, groups, pairs, ranked, unpaired."
+        ValueError,
+        match="data.format='pairz' is unknown; use one of auto, groups, step_dpo, steps, pairs, ranked, unpaired.",
     ):
         load_groups(data, format="pairz")
     with pytest.raises(ValueError, match="data.ties='maybe' is unknown; use one of drop, keep."):
@@ -200,7 +201,8 @@ def test_no_format_fits_names_what_each_lacks():
         load_groups(Dataset.from_list([{"prompt": "p", "answer": "a"}]))
     assert str(err.value) == (
         "The data has columns ['prompt', 'answer'], which fit no format (groups lacks 'candidates', 'ranks' "
-        "(or 'scores' or 'desirable'); pairs lacks 'chosen', 'rejected'; ranked lacks 'responses' (or "
+        "(or 'scores' or 'desirable'); step_dpo lacks 'initial_reason_steps' (or 'prefix'), 'chosen', 'rejected'; "
+        "steps lacks 'chosen_steps', 'rejected_steps'; pairs lacks 'chosen', 'rejected'; ranked lacks 'responses' (or "
         "'completions'), 'ranks' (or 'scores'); unpaired lacks 'completion', 'label'); rename the columns."
     )
 

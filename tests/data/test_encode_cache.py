@@ -112,7 +112,7 @@ def test_the_key_separates_settings_that_change_the_encodings(tmp_path):
 
     def path(*overrides):
         base = ["model.path=tiny:sd15", f"data.path={data}", f"train.output_dir={tmp_path}"]
-        return cache_path(load_config(None, [*base, *overrides]), str(data))
+        return cache_path(load_config(None, [*base, *overrides]), (str(data), "train"))
 
     before = path()
     assert before == path("objective.beta=3000", "model.lora.r=4", "train.lr=1e-2")  # training settings do not

@@ -130,7 +130,7 @@ def test_pickapic_sources_and_splits(tmp_path, kind):
 
 def test_missing_split_names_the_splits(tmp_path):
     source, _ = pickapic_source("parquet_shards", tmp_path)
-    with pytest.raises(ValueError, match=r"data.split='validation' is not in .* which has: (train, test|test, train)"):
+    with pytest.raises(ValueError, match=r"The split 'validation' is not in .* which has: (train, test|test, train)"):
         load_image_groups(source, split="validation")
 
 

@@ -91,7 +91,7 @@ def test_the_split_of_a_saved_dataset_dict(tmp_path):
         "candidates": [["Paris", "Lyon"]],
         "ranks": [[0, 1]],
     }
-    with pytest.raises(ValueError, match=r"data.split='dev' is not in .*dd, which has: train, test\."):
+    with pytest.raises(ValueError, match=r"The split 'dev' is not in .*dd, which has: train, test; set data.split"):
         load_groups(tmp_path / "dd", split="dev")
 
 
@@ -105,9 +105,9 @@ def test_a_directory_splits_by_file_name(tmp_path):
 
 def test_a_single_table_has_only_a_train_split(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", PAIRS)
-    with pytest.raises(ValueError, match=r"data.split='test' is not in .*d.jsonl, which has: train\."):
+    with pytest.raises(ValueError, match=r"The split 'test' is not in .*d.jsonl, which has: train; set data.split"):
         load_groups(path, split="test")
-    with pytest.raises(ValueError, match="data.split='test' is not in the in-memory dataset"):
+    with pytest.raises(ValueError, match="The split 'test' is not in the in-memory dataset"):
         load_groups(Dataset.from_list(PAIRS), split="test")
 
 

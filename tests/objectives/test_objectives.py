@@ -6,7 +6,15 @@ import statistics
 import pytest
 import torch
 
-from mmdpo.objectives import OBJECTIVES, REFERENCE_FREE, LogLik, Preferences, get_objective, hyperparameters
+from mmdpo.objectives import (
+    OBJECTIVES,
+    REFERENCE_FREE,
+    TOKEN_LEVEL,
+    LogLik,
+    Preferences,
+    get_objective,
+    hyperparameters,
+)
 from mmdpo.objectives.pairwise import madpo_weight
 
 
@@ -104,7 +112,7 @@ def test_hand_computed_value(name, hparams, expected):
 
 
 def test_every_objective_has_a_hand_computed_value():
-    assert {h[0] for h in HAND} | {"modpo"} == set(OBJECTIVES)
+    assert {h[0] for h in HAND} | {"modpo"} | TOKEN_LEVEL == set(OBJECTIVES)  # token-level ones: test_token.py
 
 
 def test_registry_defaults():
@@ -314,11 +322,24 @@ def batch(seed, b=5, k=2, t=6):
     return policy, reference, mask, prefs, mismatched
 
 
+def token_extras(policy, reference):
+    """Token-level extras as functions of the log-probs, so every invariance below carries over to them: the KL
+    is 0 where policy = reference, masks and guidance weights are positive, step 0 is each response's first 2 tokens."""
+    first_two = (torch.arange(policy.shape[-1]) >= 2).long().expand(policy.shape)
+    on_policy = {"token_kl": ((policy - reference) ** 2).detach(), "mask": torch.sigmoid(reference)}
+    return {**on_policy, "step_index": first_two}, {"guidance": 0.5 * reference}
+
+
 def call(name, policy, reference, mask, prefs, mismatched=None, **hparams):
-    extras = {"mismatched": mismatched} if mismatched is not None else {}
-    ref = LogLik(reference, mask, extras={"mismatched": torch.zeros_like(mismatched)} if extras else {})
+    on_policy, on_reference = token_extras(policy, reference)
+    if mismatched is not None:
+        on_policy, on_reference = (
+            {**on_policy, "mismatched": mismatched},
+            {**on_reference, "mismatched": 0 * mismatched},
+        )
     hparams = {"weights": (0.5, 0.5), **hparams} if name == "modpo" else hparams
-    return get_objective(name, **hparams)(LogLik(policy, mask, extras=extras), ref, prefs)
+    ref = LogLik(reference, mask, extras=on_reference)
+    return get_objective(name, **hparams)(LogLik(policy, mask, extras=on_policy), ref, prefs)
 
 
 def reorder(prefs, fn):
@@ -327,7 +348,7 @@ def reorder(prefs, fn):
 
 LISTS = {"plackett_luce", "lipo_lambda", "rankdpo", "curry_dpo", "adpo", "kto", "apo_zero_unpaired", "diffusion_kto"}
 DPO_AT_EQUALITY = {"dpo", "cdpo", "rdpo", "sigmoid_norm", "aot", "aot_unpaired", "plackett_luce", "curry_dpo"}
-DPO_AT_EQUALITY |= {"adpo", "beta_dpo"}
+DPO_AT_EQUALITY |= {"adpo", "beta_dpo"} | TOKEN_LEVEL
 UNPAIRED = {"kto", "apo_zero_unpaired", "diffusion_kto"}
 ACCURACY = set(OBJECTIVES) - REFERENCE_FREE - UNPAIRED
 

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 
 from mmdpo.config import load_config
+from mmdpo.data.toy import toy_step_pairs
+from mmdpo.objectives import get_objective
 from mmdpo.training.trainer import train
 
 RECIPES = sorted((Path(__file__).parents[2] / "configs" / "llm").glob("*.yaml"))
@@ -15,8 +17,18 @@ TINY = [
 ]  # fmt: skip
 
 
+def data_for(recipe: Path, tmp_path: Path) -> str:
+    """The toy task, or toy step pairs where the recipe's objective reads reasoning steps."""
+    objective = load_config(recipe).objective
+    if "step_index" not in get_objective(objective.name, **objective.hparams).extras:
+        return "toy"
+    toy_step_pairs(64).to_json(tmp_path / "steps.jsonl")
+    return str(tmp_path / "steps.jsonl")
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_runs(recipe, tmp_path):
-    result = train(load_config(recipe, [*TINY, f"train.output_dir={tmp_path}"]))
+    overrides = [*TINY, f"data.path={data_for(recipe, tmp_path)}", f"train.output_dir={tmp_path}"]
+    result = train(load_config(recipe, overrides))
     assert result.eval_after["eval/loss"] == result.eval_after["eval/loss"]  # finite, not NaN
     assert (result.final_dir / "tokenizer_config.json").exists()

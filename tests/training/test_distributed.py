@@ -9,19 +9,21 @@ from mmdpo.training.logs import read_metrics
 
 CONFIG = """
 model: {path: "tiny:llama"}
+objective: {name: %s}
 data: {path: toy, eval_fraction: 0}
 train: {max_steps: 3, lr: 1.0e-3, log_every: 1, tensorboard: false, progress: false, plots: false}
 """
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize(("objective", "port"), [("dpo", 29517), ("sparsepo", 29518)])
+def test_two_processes_match_one(tmp_path, objective, port):
     config = tmp_path / "run.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG % objective)  # sparsepo: reference states and a trained mask network under DDP
     one, two = tmp_path / "one", tmp_path / "two"
     mmdpo = ["-m", "mmdpo", "train", str(config)]
     subprocess.run([sys.executable, *mmdpo, f"train.output_dir={one}", "train.batch_size=8"], check=True)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     subprocess.run([*launcher, *mmdpo, f"train.output_dir={two}", "train.batch_size=4"], check=True)
     single = [r["loss"] for r in read_metrics(one / "metrics.jsonl")]
     double = [r["loss"] for r in read_metrics(two / "metrics.jsonl")]

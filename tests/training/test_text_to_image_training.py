@@ -1,44 +1,14 @@
 """End-to-end text-to-image training on tiny models: equality at the start, resume, saving."""
 
-import io
 import math
 
 import pytest
 import torch
-from datasets import Dataset
 from PIL import Image
 
 from mmdpo.config import load_config
 from mmdpo.training.logs import read_metrics
 from mmdpo.training.trainer import train
-
-
-def png(color, size=(20, 24)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def pickapic(tmp_path_factory):
-    """Pick-a-Pic-style pairs: the brighter image wins."""
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(24):
-        dark, bright = torch.randint(0, 100, (3,), generator=g), torch.randint(156, 256, (3,), generator=g)
-        first_wins = i % 2 == 0
-        a, b = (bright, dark) if first_wins else (dark, bright)
-        rows.append(
-            {
-                "caption": f"a picture number {i}",
-                "jpg_0": png(tuple(a.tolist())),
-                "jpg_1": png(tuple(b.tolist())),
-                "label_0": 1.0 if first_wins else 0.0,
-            }
-        )
-    path = tmp_path_factory.mktemp("pickapic") / "train.parquet"
-    Dataset.from_list(rows).to_parquet(path)
-    return path
 
 
 def run(tmp_path, data, *overrides, name="run", on_step=None):
@@ -77,12 +47,19 @@ def test_lora_training_starts_at_ln2_and_saves_a_diffusers_lora(tmp_path, pickap
     assert result.eval_after["eval/loss"] != result.eval_before["eval/loss"]
 
 
-def test_full_fine_tune_with_a_frozen_copy_saves_a_pipeline(tmp_path, pickapic):
+def test_full_fine_tune_with_a_frozen_copy_saves_a_pipeline_and_sample_grids(tmp_path, pickapic):
     from diffusers import StableDiffusionPipeline
 
-    result = run(tmp_path, pickapic, "model.path=tiny:sd15", "train.max_steps=2", "model.prompt_dropout=0.2")
+    result = run(
+        tmp_path, pickapic, "model.path=tiny:sd15", "train.max_steps=3", "model.prompt_dropout=0.2",
+        "train.samples.every=2", "train.samples.steps=2", "train.samples.seeds=3",
+    )  # fmt: skip
     pipe = StableDiffusionPipeline.from_pretrained(result.final_dir)
     assert pipe.unet.config.cross_attention_dim == 8
+    grids = sorted(p.name for p in (result.output_dir / "samples").iterdir())
+    assert grids == ["step-000000.png", "step-000002.png", "step-000003.png"]  # before, every 2 steps, at the end
+    with Image.open(result.output_dir / "samples" / grids[0]) as grid:
+        assert grid.width > 3 * 96 and grid.height >= 4 * 96  # 3 seeds by the 4 held-out prompts, tiles enlarged
 
 
 def test_resume_continues_with_the_same_numbers(tmp_path, pickapic):

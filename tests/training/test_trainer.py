@@ -120,3 +120,17 @@ def test_a_nan_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path, monkeyp
     )
     with pytest.raises(FloatingPointError, match="train.lr"):
         run(tmp_path, "train.max_steps=2", "data.eval_fraction=0")
+
+
+def test_held_out_groups_can_come_from_their_own_split(tmp_path):
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    for split, n in (("train", 24), ("test", 5)):
+        rows = [{"prompt": f"q{i}", "chosen": "aeiou", "rejected": "xyz"} for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run(tmp_path, f"data.path={folder}", "data.eval_split=test", "train.max_steps=1", "train.batch_size=4")
+    assert (tmp_path / "run" / "summary.json").exists()
+    records = [r for r in read_metrics(result.output_dir / "metrics.jsonl") if "eval/loss" in r]
+    assert records and result.eval_before["eval/rewards/accuracies"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="The split 'valid' is not in"):
+        run(tmp_path, f"data.path={folder}", "data.eval_split=valid", "train.max_steps=1", name="bad")
