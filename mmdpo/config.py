@@ -260,18 +260,28 @@ def _build(cls: type, values: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _key(node: dict[str, Any] | list, key: str, dotted: str) -> str | int:
+    """``key`` as a dict key, or as an index when ``node`` is a list of sections (``generators.0.steps``)."""
+    if not isinstance(node, list):
+        return key
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"Override {dotted}: {key} is not an index of a list of {len(node)}.")
+    return int(key)
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
+        key = _key(node, key, dotted)
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if not isinstance(child, (dict, list)):
             child = {} if child in (None, True) else child
             if not isinstance(child, dict):
                 raise ConfigError(f"Override {dotted}: {key} is not a section.")
             node[key] = child
         node = child
-    node[keys[-1]] = value
+    node[_key(node, keys[-1], dotted)] = value
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -285,8 +295,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``key=value`` overrides and validate the whole."""
+def read_tree(path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    """A YAML config's mapping with ``key=value`` overrides applied, not yet checked against a schema."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -297,7 +307,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"Config file {str(path)!r} must hold a mapping of sections.")
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
-    config = _build(Config, tree, "")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides and validate the whole."""
+    config = _build(Config, read_tree(path, overrides), "")
     validate(config)
     return config
 
