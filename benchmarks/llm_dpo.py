@@ -16,11 +16,14 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import result_line, run_child, step_times, sync  # noqa: E402
 
 SIZES = {  # Qwen2 shapes: hidden, layers, heads, kv heads, intermediate, vocab
     "tiny": (64, 2, 4, 2, 128, 1024),
@@ -94,8 +97,8 @@ def run_mmdpo(args, model_dir: Path, data: Path, out: Path) -> list[float]:
             "train.progress=false",
         ],
     )
-    _sync(args)
-    train(config, on_step=lambda step, metrics: (_sync(args), stamps.append(time.perf_counter())))
+    sync(args.device)
+    train(config, on_step=lambda step, metrics: (sync(args.device), stamps.append(time.perf_counter())))
     return stamps
 
 
@@ -109,7 +112,7 @@ def run_trl(args, model_dir: Path, data: Path, out: Path) -> list[float]:
 
     class Clock(TrainerCallback):
         def on_step_end(self, *_, **__):
-            _sync(args)
+            sync(args.device)
             stamps.append(time.perf_counter())
 
     dataset = load_dataset("json", data_files=str(data), split="train")
@@ -136,13 +139,6 @@ def run_trl(args, model_dir: Path, data: Path, out: Path) -> list[float]:
     return stamps
 
 
-def _sync(args) -> None:
-    if args.device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def one(args) -> None:
     """Run one trainer in this process and print its numbers as JSON."""
     import torch
@@ -152,9 +148,9 @@ def one(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     runner = run_mmdpo if args.which == "mmdpo" else run_trl
     stamps = runner(args, workdir / "model", workdir / "data.jsonl", workdir / args.which)
-    step_times = [b - a for a, b in zip(stamps, stamps[1:])][args.warmup :]
+    times = step_times(stamps, args.warmup)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan")
-    print("RESULT " + json.dumps({"step_s": statistics.median(step_times), "peak_gib": peak, "steps": len(step_times)}))
+    print(result_line({"step_s": statistics.median(times), "peak_gib": peak, "steps": len(times)}))
 
 
 def main() -> None:
@@ -182,11 +178,7 @@ def main() -> None:
         results = {}
         for which in ("mmdpo", "trl"):
             cmd = [sys.executable, __file__, *sys.argv[1:], "--which", which, "--workdir", tmp]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            if out.returncode or not lines:
-                sys.exit(f"{which} failed:\n{out.stderr[-4000:]}")
-            results[which] = json.loads(lines[-1].removeprefix("RESULT "))
+            results[which] = run_child(cmd, which)
 
     tokens = args.batch * 2 * (args.prompt_len + args.completion_len)
     print(

@@ -24,12 +24,14 @@ import argparse
 import json
 import random
 import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import current_rss, median, result_line, run_child, sync  # noqa: E402
 
 SIZES = {  # text: hidden, layers, heads, kv heads, intermediate, vocab; vision: depth, width, heads; image side
     "tiny": ((32, 2, 4, 2, 37, 512), (2, 32, 4), 56),
@@ -196,17 +198,6 @@ def run_trl(args, model_dir: Path, data: Path, out: Path, meter: Meter) -> None:
     trainer.train()
 
 
-def _sync(args) -> None:
-    if args.device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def _rss_gib() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**30
-
-
 def one(args) -> None:
     """Run one trainer in this process and print its numbers as JSON."""
     import torch
@@ -217,9 +208,9 @@ def one(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     side = args.image_size or SIZES[args.size][2]
     last = args.warmup + args.steps + 1  # the last step counts FLOPs and is not timed
-    meter = Meter((side // 14) ** 2, last, lambda: _sync(args))
+    meter = Meter((side // 14) ** 2, last, lambda: sync(args.device))
     workdir = Path(args.workdir)
-    baseline = _rss_gib()
+    baseline = current_rss() / 2**30
     runner = run_trl if args.which == "trl" else run_mmdpo
     runner(args, workdir / "model", workdir / "data.jsonl", workdir / args.which, meter)
     timed = meter.stamps[args.warmup : last]
@@ -229,11 +220,11 @@ def one(args) -> None:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - baseline
     result = {
-        "step_s": statistics.median(s for s, _ in steps), "vision_s": statistics.median(v for _, v in steps),
+        "step_s": median([s for s, _ in steps]), "vision_s": median([v for _, v in steps]),
         "peak_gib": peak, "gflops": meter.flops / 1e9, "vision_gflops": meter.vision_flops / 1e9,
         "images_per_pair": meter.images / args.batch,
     }  # fmt: skip
-    print("RESULT " + json.dumps(result))
+    print(result_line(result))
 
 
 def main() -> None:
@@ -268,11 +259,7 @@ def main() -> None:
         for name, which, layout in [("mmdpo shared", "mmdpo", "shared"), ("mmdpo concat", "mmdpo", "concat"),
                                     ("TRL", "trl", "shared")]:  # fmt: skip
             cmd = [sys.executable, __file__, *sys.argv[1:], "--which", which, "--layout", layout, "--workdir", tmp]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            if out.returncode or not lines:
-                sys.exit(f"{name} failed:\n{out.stderr[-4000:]}")
-            results[name] = json.loads(lines[-1].removeprefix("RESULT "))
+            results[name] = run_child(cmd, name)
 
     image_tokens, prompt = lengths
     tokens = args.batch * 2 * (prompt + args.completion_len + 2)  # an answer ends with <|im_end|> and a newline

@@ -1,8 +1,10 @@
-"""``mmdpo train | cache | demo``: the command line.
+"""``mmdpo train | cache | synth | score | demo``: the command line.
 
 mmdpo train configs/llm/dpo.yaml model.path=/models/qwen2-0.5b objective.beta=0.1
 mmdpo cache configs/sdxl/diffusion_dpo_lora.yaml data.path=/data/pickapic
 accelerate launch --num_processes 8 -m mmdpo train configs/llm/simpo.yaml
+mmdpo synth configs/synth/sdxl_ranked.yaml prompts=/data/prompts.txt out=/data/synpic
+mmdpo score /data/synpic rewards=[pickscore,hpsv2]
 mmdpo demo
 """
 
@@ -34,6 +36,23 @@ def _cache(args: argparse.Namespace) -> None:
         print(f"encode cache: {directory}")
 
 
+def _synth(args: argparse.Namespace) -> None:
+    from mmdpo.pipelines.config import load_synth_config
+    from mmdpo.pipelines.synth import synth
+
+    result = synth(load_synth_config(args.config, args.overrides))
+    rate = result.images / result.seconds if result.seconds else 0.0
+    print(f"synth: {result.images} images in {result.seconds:.0f} s ({rate:.2f} images/s) here; set at {result.out}")
+
+
+def _score(args: argparse.Namespace) -> None:
+    from mmdpo.pipelines.config import load_score_config
+    from mmdpo.pipelines.score import score
+
+    result = score(load_score_config(args.source, args.overrides))
+    print(f"score: {result.rows} rows ranked by {result.aggregation} of {', '.join(result.rewards)}; at {result.out}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from mmdpo.demo import run_demo
 
@@ -53,6 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     cache.add_argument("config", help="path to a YAML config (the one you will train with)")
     cache.add_argument("overrides", nargs="*", help="key=value overrides, the same as for train")
     cache.set_defaults(run=_cache)
+
+    synth = commands.add_parser("synth", help="generate, score and rank a synthetic image preference set")
+    synth.add_argument("config", help="path to a synth YAML config, e.g. configs/synth/sdxl_ranked.yaml")
+    synth.add_argument("overrides", nargs="*", help="key=value overrides, e.g. prompts=/data/prompts.txt out=/data/set")
+    synth.set_defaults(run=_synth)
+
+    score = commands.add_parser("score", help="score an image-ranked set with more rewards and re-rank it")
+    score.add_argument("source", help="the set: a Parquet file or directory, e.g. a synth output")
+    score.add_argument("overrides", nargs="*", help="key=value settings, e.g. rewards=[pickscore,hpsv2] out=/data/new")
+    score.set_defaults(run=_score)
 
     demo = commands.add_parser("demo", help="the whole story on this machine, nothing downloaded")
     demo.add_argument("--config", default=None, help="run your own config instead of the embedded one")

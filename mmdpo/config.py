@@ -56,12 +56,16 @@ class ModelSection:
 
     ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image, a
     checkpoint whose ``config.json`` names an image-text-to-text architecture a vision-language model (``vlm``),
-    anything else a causal LM. ``train_vision`` (VLMs) trains the vision tower and the projector too; by default
-    they are frozen and LoRA adapts the language model only. ``processor`` (VLMs) holds keyword arguments for
-    ``AutoProcessor.from_pretrained``, e.g. ``{max_pixels: 802816}`` to bound Qwen2-VL's image tokens.
-    ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer), run frozen in the reference's
-    dtype; with ``reference=precomputed`` its values are precomputed too. The fields after it apply to text-to-image
-    models only."""
+    anything else a causal LM. ``attn_implementation``: any transformers attention for LLMs and VLMs; ``sdpa``
+    (PyTorch's scaled-dot-product attention, the default) or ``xformers`` (the optional extra) for text-to-image
+    UNets. ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer), run frozen in the
+    reference's dtype; with ``reference=precomputed`` its values are precomputed too. ``max_length`` to
+    ``guidance_path`` apply to causal LMs, vision-language ones included, only. ``train_vision`` (VLMs only) trains
+    the vision tower and the projector too; by default they are frozen and LoRA adapts the language model only.
+    ``processor`` (VLMs only) holds keyword arguments for ``AutoProcessor.from_pretrained``, e.g.
+    ``{max_pixels: 802816}`` to bound Qwen2-VL's image tokens. The fields after them apply to text-to-image models
+    only (``vae_batch_size``: images per VAE encode; ``channels_last``: the UNet and VAE in channels-last memory
+    format)."""
 
     path: str = "tiny:llama"
     modality: Literal["auto", "llm", "vlm", "text_to_image"] = "auto"
@@ -74,14 +78,16 @@ class ModelSection:
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    guidance_path: str | None = None
     train_vision: bool = False
     processor: dict[str, Any] = field(default_factory=dict)
-    guidance_path: str | None = None
     noising: NoisingSection = field(default_factory=NoisingSection)
     prompt_dropout: float = 0.0
     latents: Literal["sample", "mean"] = "sample"
     vae_path: str | None = None
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    vae_batch_size: int = 8
+    channels_last: bool = False
 
 
 @dataclass
@@ -263,18 +269,28 @@ def _build(cls: type, values: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _key(node: dict[str, Any] | list, key: str, dotted: str) -> str | int:
+    """``key`` as a dict key, or as an index when ``node`` is a list of sections (``generators.0.steps``)."""
+    if not isinstance(node, list):
+        return key
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"Override {dotted}: {key} is not an index of a list of {len(node)}.")
+    return int(key)
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
+        key = _key(node, key, dotted)
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if not isinstance(child, (dict, list)):
             child = {} if child in (None, True) else child
             if not isinstance(child, dict):
                 raise ConfigError(f"Override {dotted}: {key} is not a section.")
             node[key] = child
         node = child
-    node[keys[-1]] = value
+    node[_key(node, keys[-1], dotted)] = value
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -288,8 +304,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``key=value`` overrides and validate the whole."""
+def read_tree(path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    """A YAML config's mapping with ``key=value`` overrides applied, not yet checked against a schema."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -300,7 +316,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"Config file {str(path)!r} must hold a mapping of sections.")
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
-    config = _build(Config, tree, "")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides and validate the whole."""
+    config = _build(Config, read_tree(path, overrides), "")
     validate(config)
     return config
 
@@ -317,80 +338,101 @@ def validate(config: Config) -> None:
         raise ConfigError("model.reference=adapter needs model.lora (the reference is the model with its adapter off).")
     if model.reference == "none" and objective.needs_reference:
         raise ConfigError(f"model.reference=none but objective.name={objective.name} needs a reference; pick another.")
-    if model.reference == "precomputed" and objective.name == "kto":
+    if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
+        raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
+    if not 0 <= config.data.eval_fraction < 1:
+        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
+    kind = modality(model)
+    if kind == "text_to_image":
+        _validate_text_to_image(config, objective.name)
+    else:
+        _validate_llm(config, objective.name, extras, kind)
+
+
+def _validate_llm(config: Config, objective: str, extras: frozenset[str], kind: str) -> None:
+    """Causal LMs and vision-language models."""
+    model = config.model
+    if model.reference == "precomputed" and objective == "kto":
         raise ConfigError(
             "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
         )
     if model.reference == "precomputed" and "token_kl" in extras:
         raise ConfigError(
-            f"model.reference=precomputed cannot serve objective.name={objective.name}: its per-token KL needs the "
+            f"model.reference=precomputed cannot serve objective.name={objective}: its per-token KL needs the "
             "reference's whole distribution at every token, which is not stored; use copy or adapter (with model.lora)."
         )
     if "guidance" in extras and model.guidance_path is None:
         raise ConfigError(
-            f"objective.name={objective.name} needs model.guidance_path: the guidance model whose per-token log-probs "
+            f"objective.name={objective} needs model.guidance_path: the guidance model whose per-token log-probs "
             "weigh each token (e.g. a DPO- or SimPO-trained model with the policy's tokenizer)."
         )
     if model.guidance_path is not None and "guidance" not in extras:
         raise ConfigError(
-            f"model.guidance_path is read by objective tgdpo only, but objective.name={objective.name}; remove it."
+            f"model.guidance_path is read by objective tgdpo only, but objective.name={objective}; remove it."
         )
     if model.layout == "shared" and model.attn_implementation not in {"sdpa", "eager"}:
         raise ConfigError(
             f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
             f"{model.attn_implementation} does not take; use model.layout=concat."
         )
-    kind = modality(model)
-    for name in ("train_vision", "processor"):
-        if getattr(model, name) and kind != "vlm":
-            raise ConfigError(
-                f"model.{name} applies to vision-language models only, but model.path={model.path!r} is a "
-                f"{MODALITY_NAMES[kind]}; remove it (or set model.modality=vlm if the path is an image-text-to-text "
-                "model)."
-            )
-    if model.processor and model.path.startswith("tiny:"):
+    fields_ = (("model", IMAGE_MODEL_FIELDS), ("data", IMAGE_DATA_FIELDS), ("train", ("samples",)))
+    _refuse_changed(config, fields_, "text-to-image models", KINDS[kind])
+    if kind == "llm":
+        _refuse_changed(config, (("model", VLM_MODEL_FIELDS),), "vision-language models", KINDS[kind])
+    elif model.processor and model.path.startswith("tiny:"):
         raise ConfigError(
             f"model.processor configures a processor loaded from a path, but model.path={model.path!r} builds its "
             "own; remove it or save the tiny model to a directory first."
         )
-    if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
-        raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
-    if not 0 <= config.data.eval_fraction < 1:
-        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
-    if kind == "text_to_image":
-        if objective.name in TOKEN_LEVEL:
-            raise ConfigError(
-                f"objective.name={objective.name} is token-level and needs a causal LM, but model.path={model.path!r} "
-                "is a text-to-image model; pick a sequence-level objective."
-            )
-        if model.reference == "precomputed":
-            raise ConfigError(
-                "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "
-                "use; pick adapter (with model.lora), copy or none."
-            )
-        if not 0 <= model.prompt_dropout < 1:
-            raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
-        samples = train.samples
-        for name in ("every", "seeds", "steps"):
-            if getattr(samples, name) is not None and getattr(samples, name) < 1:
-                raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
-        return
-    image_fields = (("model", model, IMAGE_MODEL_FIELDS), ("data", config.data, IMAGE_DATA_FIELDS))
-    for where, section, names in (*image_fields, ("train", train, ("samples",))):
+
+
+def _validate_text_to_image(config: Config, objective: str) -> None:
+    model, samples = config.model, config.train.samples
+    if objective in TOKEN_LEVEL:
+        raise ConfigError(
+            f"objective.name={objective} is token-level and needs a causal LM, but model.path={model.path!r} "
+            "is a text-to-image model; pick a sequence-level objective."
+        )
+    if model.reference == "precomputed":
+        raise ConfigError(
+            "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "
+            "use; pick adapter (with model.lora), copy or none."
+        )
+    if not 0 <= model.prompt_dropout < 1:
+        raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
+    for name in ("every", "seeds", "steps"):
+        if getattr(samples, name) is not None and getattr(samples, name) < 1:
+            raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
+    if model.vae_batch_size < 1:
+        raise ConfigError(f"model.vae_batch_size={model.vae_batch_size} must be at least 1.")
+    if model.attn_implementation not in ("sdpa", "xformers"):
+        raise ConfigError(
+            f"model.attn_implementation={model.attn_implementation} is not available for text-to-image UNets; "
+            "use sdpa (the default) or xformers."
+        )
+    _refuse_changed(config, (("model", LLM_MODEL_FIELDS),), "causal LMs", KINDS["text_to_image"])
+    _refuse_changed(config, (("model", VLM_MODEL_FIELDS),), "vision-language models", KINDS["text_to_image"])
+
+
+IMAGE_MODEL_FIELDS = (
+    "noising", "prompt_dropout", "latents", "vae_path", "vae_dtype", "vae_batch_size", "channels_last",
+)  # fmt: skip
+IMAGE_DATA_FIELDS = ("resolution", "crop", "flip", "encode_cache", "cache_dtype")
+LLM_MODEL_FIELDS = ("max_length", "layout", "logprob_chunk", "trust_remote_code", "guidance_path")
+VLM_MODEL_FIELDS = ("train_vision", "processor")
+KINDS = {"llm": "a causal LM", "vlm": "a vision-language model", "text_to_image": "a text-to-image model"}
+
+
+def _refuse_changed(config: Config, fields_: tuple, applies_to: str, kind: str) -> None:
+    """Fail on fields set away from their defaults that the model's kind never reads."""
+    for where, names in fields_:
+        section = getattr(config, where)
         for name in names:
             if getattr(section, name) != getattr(type(section)(), name):
                 raise ConfigError(
-                    f"{where}.{name} applies to text-to-image models only, but model.path={model.path!r} is a "
-                    f"{MODALITY_NAMES[kind]}; remove it (or set model.modality=text_to_image if the path is a "
-                    "diffusers pipeline)."
+                    f"{where}.{name} applies to {applies_to} only, but model.path={config.model.path!r} is {kind}; "
+                    "remove it (or set model.modality if the path's kind was not recognised)."
                 )
-
-
-IMAGE_MODEL_FIELDS = ("noising", "prompt_dropout", "latents", "vae_path", "vae_dtype")
-IMAGE_DATA_FIELDS = ("resolution", "crop", "flip", "encode_cache", "cache_dtype")
-
-
-MODALITY_NAMES = {"llm": "causal LM", "vlm": "vision-language model", "text_to_image": "text-to-image model"}
 
 
 def modality(model: ModelSection) -> str:

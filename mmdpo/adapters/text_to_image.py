@@ -1,7 +1,10 @@
 """Text-to-image adapter: SD1.5- and SDXL-style latent diffusion models from diffusers.
 
     model = load_text_to_image("stabilityai/stable-diffusion-xl-base-1.0")   # or a local dir, tiny:sd15, tiny:sdxl
-    adapter = TextToImageAdapter(model, reference="adapter", lora=LoraSection(r=8))
+    add_lora(model.unet, LoraSection(r=8, alpha=8))
+    adapter = TextToImageAdapter(model, reference="adapter", resolution=1024)
+    inputs = adapter.inputs(batch, generator)   # latents, conditions, one (t, noise) per group, without gradients
+    policy, reference = adapter.policy_loglik(adapter.scorer, batch, inputs), adapter.reference_loglik(batch, inputs)
 
 Per micro-batch the adapter encodes images (VAE) and prompts (CLIP; SDXL: both encoders' penultimate hidden
 states concatenated, the second's pooled output, and ``time_ids`` from each group's original size, crop and
@@ -186,13 +189,16 @@ def encode_prompts(text_encoders: Sequence[nn.Module], input_ids: Sequence[Tenso
 def encode_moments(vae: AutoencoderKL, pixels: Tensor, chunk: int = 8) -> tuple[Tensor, Tensor]:
     """Mean and std of the VAE posterior of ``pixels [N, 3, H, W]`` in [-1, 1], shifted and scaled as latents.
 
-    Encodes ``chunk`` images at a time; float32 out. A latent is ``mean + std * z`` (:func:`sample_latents`).
+    Encodes ``chunk`` images at a time in the VAE's own dtype, whatever autocast is active (SDXL's VAE overflows in
+    fp16, so a float32 VAE must stay float32); float32 out. A latent is ``mean + std * z`` (:func:`sample_latents`).
     """
     means, stds = [], []
-    for part in pixels.split(chunk):
-        dist = vae.encode(part.to(vae.device, vae.dtype)).latent_dist
-        means.append(dist.mean.float())
-        stds.append(dist.std.float())
+    device = next(vae.parameters()).device
+    with torch.autocast(device.type, enabled=False):
+        for part in pixels.split(chunk):
+            dist = vae.encode(part.to(device, next(vae.parameters()).dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     scale = vae.config.scaling_factor
     return (torch.cat(means) - shift) * scale, torch.cat(stds) * scale
@@ -296,6 +302,7 @@ class UNetDenoiser(nn.Module):
     def __init__(self, unet: UNet2DConditionModel):
         super().__init__()
         self.unet = unet
+        self.dtype = next(unet.parameters()).dtype  # diffusers' unet.dtype walks every module, at every call
 
     def denoise(
         self,
@@ -305,7 +312,7 @@ class UNetDenoiser(nn.Module):
         text_embeds: Tensor | None = None,
         time_ids: Tensor | None = None,
     ) -> Tensor:
-        dtype = self.unet.dtype
+        dtype = self.dtype
         added = None if text_embeds is None else {"text_embeds": text_embeds.to(dtype), "time_ids": time_ids}
         return self.unet(
             x_t.to(dtype), t, encoder_hidden_states=encoder_hidden_states.to(dtype), added_cond_kwargs=added
@@ -330,6 +337,7 @@ class TextToImageAdapter:
         text_dtype: dtype of the text encoders.
         vae_dtype: dtype of the VAE; SDXL's VAE overflows in fp16, so keep float32 unless it is an fp16-safe VAE.
         vae_path: a VAE to use instead of the pipeline's (e.g. an fp16-safe one).
+        vae_batch_size: images per VAE encode (the transient memory of a 1024 px SDXL encode is ~2.5 GB an image).
         transform: the group transform of the image path (:class:`~mmdpo.data.images.GroupTransform`).
         empty_conditions: the encoded empty prompt, when the batches come from the encode cache and the text
             encoders are not loaded.
@@ -345,6 +353,7 @@ class TextToImageAdapter:
     text_dtype: torch.dtype = torch.float32
     vae_dtype: torch.dtype = torch.float32
     vae_path: str | None = None
+    vae_batch_size: int = 8
     transform: Any = None
     empty_conditions: dict[str, Tensor] | None = None
 
@@ -378,8 +387,7 @@ class TextToImageAdapter:
     @property
     def frozen_modules(self) -> list[nn.Module]:
         """Modules the trainer moves to the device but never optimises."""
-        modules = [m for m in (self.model.vae, *self.model.text_encoders, self.reference_scorer) if m is not None]
-        return modules
+        return [m for m in (self.model.vae, *self.model.text_encoders, self.reference_scorer) if m is not None]
 
     # -- data --------------------------------------------------------------------------------------
 
@@ -407,7 +415,8 @@ class TextToImageAdapter:
         mean, std = batch.latent_mean, batch.latent_std
         if mean is None:
             b, k = batch.pixels.shape[:2]
-            mean, std = (m.view(b, k, *m.shape[1:]) for m in encode_moments(self.model.vae, batch.pixels.flatten(0, 1)))
+            moments = encode_moments(self.model.vae, batch.pixels.flatten(0, 1), self.vae_batch_size)
+            mean, std = (m.view(b, k, *m.shape[1:]) for m in moments)
         latents = sample_latents(mean, std if self.sample_latents else None, generator)
         conditions = batch.embeddings or encode_prompts(self.model.text_encoders, batch.input_ids)
         if self.prompt_dropout > 0:
@@ -457,6 +466,12 @@ class TextToImageAdapter:
             model.load_encoders(section.vae_path)
         if section.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
+        if section.attn_implementation == "xformers":
+            use_xformers(model.unet)
+        if section.channels_last:
+            for module in (model.unet, model.vae):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
         if section.lora is not None:
             add_lora(model.unet, section.lora)
         else:
@@ -472,6 +487,7 @@ class TextToImageAdapter:
             text_dtype=half or torch.float32,
             vae_dtype=DTYPES[section.vae_dtype],
             vae_path=section.vae_path,
+            vae_batch_size=section.vae_batch_size,
             transform=GroupTransform(data.resolution, crop=data.crop, flip=data.flip),
             empty_conditions=empty_conditions,
         )
@@ -537,6 +553,17 @@ class TextToImageAdapter:
             self.pipeline_class.save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
             return
         self.pipeline(unet).save_pretrained(directory)
+
+
+def use_xformers(unet: UNet2DConditionModel) -> None:
+    """xformers' memory-efficient attention in every UNet attention layer (PyTorch SDPA is the default)."""
+    try:
+        unet.enable_xformers_memory_efficient_attention()
+    except (ModuleNotFoundError, ValueError) as err:
+        raise ValueError(
+            f"model.attn_implementation=xformers needs the xformers extra (pip install 'mmdpo[xformers]') and a CUDA "
+            f"device ({err}); or keep the default sdpa."
+        ) from err
 
 
 def add_lora(unet: UNet2DConditionModel, section) -> None:

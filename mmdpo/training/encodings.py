@@ -50,7 +50,7 @@ def build_encode_caches(config: Config, accelerator: Accelerator | None = None) 
         encode_prompts=lambda prompts: {
             k: v.cpu() for k, v in encode_prompts(text_encoders, tokenize_prompts(tokenizers, prompts)).items()
         },
-        encode_images=lambda pixels: encode_moments(vae, pixels.to(device)),
+        encode_images=lambda pixels: encode_moments(vae, pixels.to(device), model.vae_batch_size),
         collate=lambda rows: collate_images(
             rows, transform, tokenizers, data.resolution, seed=config.train.seed, epoch=0
         ),

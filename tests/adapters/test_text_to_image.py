@@ -169,3 +169,22 @@ def test_generation_is_per_prompt_and_seed_and_samples_the_reference_too():
     base = adapter().generate(PROMPTS, [0, 1], **options)  # the same random base, without the adapter
     torch.testing.assert_close(ad.generate(PROMPTS, [0, 1], reference=True, **options), base)
     assert (both - base).abs().max() > 1e-3
+
+
+def test_a_float32_vae_stays_float32_under_autocast():
+    from mmdpo.adapters.text_to_image import encode_moments
+
+    vae = load_text_to_image("tiny:sd15").vae.eval()
+    pixels = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    exact = encode_moments(vae, pixels, chunk=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = encode_moments(vae, pixels, chunk=2)
+    for a, b in zip(autocast, exact):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_xformers_without_the_extra_names_it():
+    from mmdpo.adapters.text_to_image import use_xformers
+
+    with pytest.raises(ValueError, match=r"pip install 'mmdpo\[xformers\]'"):
+        use_xformers(load_text_to_image("tiny:sd15").unet)

@@ -107,3 +107,19 @@ def test_training_from_the_encode_cache_equals_training_from_images(tmp_path, pi
 def test_a_required_cache_that_is_missing_names_the_command(tmp_path, pickapic):
     with pytest.raises(FileNotFoundError, match="run `mmdpo cache`"):
         run(tmp_path, pickapic, "model.path=tiny:sd15", "data.encode_cache=require", "train.max_steps=1")
+
+
+def test_a_finished_run_is_compared_with_its_base_as_saved(tmp_path, pickapic):
+    from mmdpo.evaluation import compare_run
+    from mmdpo.rewards import Brightness
+
+    result = run(tmp_path, pickapic, "model.path=tiny:sd15", "model.lora.r=4", "train.max_steps=2", "train.lr=5e-2")
+    prompts = ["a picture number 1", "a picture number 2"]
+    comparison, base, policy = compare_run(result.output_dir, prompts, [Brightness()], seeds=[0, 1], steps=2)
+    assert base.shape == policy.shape == (2, 2, 3, 16, 16)
+    assert (policy - base).abs().max() > 1e-4  # the saved LoRA loaded and changed the images
+    brightness = Brightness()(["x"] * 4, base.flatten(0, 1)).view(2, 2)
+    torch.testing.assert_close(torch.tensor(comparison.base["brightness"]), brightness)
+    assert 0 <= comparison.win_rate("brightness") <= 1 and "win rate" in comparison.table()
+    assert (result.output_dir / "eval" / "before_after.png").is_file()
+    assert (result.output_dir / "eval" / "comparison.json").is_file()
