@@ -323,8 +323,8 @@ class VLMAdapter(LLMAdapter):
                 "token_type_ids; use model.layout=concat."
             )
 
-        image_inputs = {k: v for k, v in processed.items() if k not in ("input_ids", "attention_mask", "labels")}
-        image_inputs = {k: v for k, v in image_inputs.items() if k not in TOKEN_TYPE_INPUTS}
+        text_inputs = {"input_ids", "attention_mask", "labels", *TOKEN_TYPE_INPUTS}
+        image_inputs = {name: value for name, value in processed.items() if name not in text_inputs}
         counts = (processed["input_ids"] == self.image_token_id).sum(-1)
         starts = counts.cumsum(0) - counts
         feature_index = torch.cat([torch.arange(starts[g], starts[g] + counts[g]) for g in group.tolist()])
