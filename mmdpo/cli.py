@@ -54,9 +54,14 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from mmdpo.demo import run_demo
+    from mmdpo.demo import run_demo, run_llm_demo
 
-    run_demo(args.config, args.overrides, output_dir=args.output_dir)
+    if args.llm:
+        if args.config:
+            raise ConfigError("mmdpo demo --llm runs the built-in causal-LM task; drop --config (or --llm).")
+        run_llm_demo(args.overrides, output_dir=args.output_dir or "outputs/demo-llm")
+    else:
+        run_demo(args.config, args.overrides, output_dir=args.output_dir or "outputs/demo")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,9 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     score.set_defaults(run=_score)
 
     demo = commands.add_parser("demo", help="the whole story on this machine, nothing downloaded")
-    demo.add_argument("--config", default=None, help="run your own config instead of the embedded one")
-    demo.add_argument("--output-dir", default="outputs/demo")
-    demo.add_argument("overrides", nargs="*", help="key=value overrides")
+    demo.add_argument("--config", default=None, help="your own synth + train + eval config instead of the embedded one")
+    demo.add_argument("--llm", action="store_true", help="the causal-LM toy task (DPO on the vowel reward) instead")
+    demo.add_argument("--output-dir", default=None, help="default outputs/demo (outputs/demo-llm with --llm)")
+    demo.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.train.max_steps=50")
     demo.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)

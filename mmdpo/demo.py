@@ -1,24 +1,123 @@
-"""``mmdpo demo``: align a small model end to end on this machine, nothing downloaded.
+"""``mmdpo demo``: the whole story on this machine, nothing downloaded.
 
-A tiny causal LM built in memory is trained with DPO on the synthetic vowel task
-(:mod:`mmdpo.data.toy`). The demo prints held-out implicit-reward accuracy and, because the toy
-task has a known reward, samples from the base and the trained policy on held-out prompts with
-the same seeds and compares their rewards. It writes the training curves as a PNG.
+    mmdpo demo                              # the embedded config, mmdpo/assets/demo.yaml
+    mmdpo demo --config my_demo.yaml        # your own synth + train + eval config, same layout
+    mmdpo demo --llm                        # the causal-LM toy task instead
+
+1. ``synth``: the toy text-to-image model shipped in :mod:`mmdpo.assets` draws candidates for the training prompts,
+   a programmatic reward (brightness) scores them, and they become a ranked preference set (:mod:`mmdpo.pipelines`).
+2. ``train``: RankDPO trains a LoRA on the ranked lists (:func:`mmdpo.training.trainer.train`).
+3. ``eval``: the saved LoRA, loaded as users load it, and the base model draw the held-out prompts from the same
+   seeds; the reward before and after and the policy's win rate are printed (:mod:`mmdpo.evaluation`), with a
+   before/after image grid and the training curves as PNG.
+
+The ``--llm`` demo trains a tiny causal LM built in memory with DPO on the synthetic vowel task
+(:mod:`mmdpo.data.toy`) and compares the reward of samples from the base and the trained policy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from accelerate.utils import set_seed
 
 from mmdpo.adapters.llm import DTYPES, load_causal_lm
-from mmdpo.config import load_config
+from mmdpo.assets import TOY_T2I
+from mmdpo.config import ConfigError, load_config, read_tree
 from mmdpo.data.toy import toy_groups, vowel_reward
 from mmdpo.training.trainer import RunResult, train
 
-DEMO_SETTINGS = [
+DEMO_CONFIG = TOY_T2I.parent / "demo.yaml"
+SECTIONS = ("train_prompts", "eval_prompts", "synth", "train", "eval")
+
+
+def _filled(tree: Any, values: dict[str, str]) -> Any:
+    """``tree`` with ``{assets}`` and ``{out}`` replaced in every string."""
+    if isinstance(tree, dict):
+        return {k: _filled(v, values) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_filled(v, values) for v in tree]
+    if isinstance(tree, str):
+        for name, value in values.items():
+            tree = tree.replace("{" + name + "}", value)
+    return tree
+
+
+def demo_tree(config_path: str | Path | None, overrides: list[str], output_dir: Path) -> dict[str, Any]:
+    """The demo config: its sections checked, placeholders filled, overrides applied."""
+    path = Path(config_path) if config_path else DEMO_CONFIG
+    tree = read_tree(path, overrides)
+    unknown = set(tree) - set(SECTIONS)
+    missing = set(SECTIONS) - set(tree)
+    if unknown or missing:
+        raise ConfigError(
+            f"A demo config has the sections {', '.join(SECTIONS)}; {path} "
+            + (f"adds {', '.join(sorted(unknown))}" if unknown else f"lacks {', '.join(sorted(missing))}")
+            + "."
+        )
+    return _filled(tree, {"assets": str(TOY_T2I.parent), "out": str(output_dir)})
+
+
+def run_demo(config_path: str | None = None, overrides: list[str] | None = None, output_dir: str = "outputs/demo"):
+    """Synthesise, train and compare (see the module docstring); returns the run result and the comparison."""
+    from mmdpo.evaluation import compare_run
+    from mmdpo.pipelines.config import load_synth_config
+    from mmdpo.pipelines.synth import synth
+    from mmdpo.rewards import load_reward
+
+    out = Path(output_dir)
+    tree = demo_tree(config_path, overrides or [], out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = {}
+    for split in ("train", "eval"):  # a ranked set of each split's prompts, the held-out one from other seeds
+        prompts = out / f"{split}_prompts.txt"
+        prompts.write_text("".join(f"{p}\n" for p in tree[f"{split}_prompts"]))
+        settings = {**tree["synth"], "prompts": str(prompts), "out": str(out / f"synth-{split}")}
+        settings["seed"] = settings.get("seed", 0) + (split == "eval")
+        sets[split] = out / f"synth-{split}.yaml"
+        sets[split].write_text(yaml.safe_dump(settings, sort_keys=False))
+    run_tree, train_file = tree["train"], out / "train.yaml"
+    run_tree["data"] = {
+        **run_tree.get("data", {}),
+        "path": str(out / "synth-train"),
+        "eval_path": str(out / "synth-eval"),
+    }
+    run_tree["train"] = {**run_tree.get("train", {}), "output_dir": str(out / "run")}
+    train_file.write_text(yaml.safe_dump(run_tree, sort_keys=False))
+    synth_configs, config = [load_synth_config(path) for path in sets.values()], load_config(train_file)
+
+    print(f"mmdpo demo 1/3: synthesise ranked candidates ({', '.join(map(str, sets.values()))})")
+    for synth_config in synth_configs:
+        synth(synth_config)
+    print(f"mmdpo demo 2/3: train {config.objective.name} on {config.model.path} ({train_file})")
+    result = train(config)
+    print("mmdpo demo 3/3: compare the trained model with its base on held-out prompts and seeds")
+    settings = tree["eval"]
+    rewards = [load_reward(name) for name in settings["rewards"]]
+    comparison, _, _ = compare_run(
+        result.output_dir, tree["eval_prompts"], rewards, seeds=list(range(settings["seeds"])),
+        steps=settings["steps"], guidance_scale=settings["guidance_scale"],
+    )  # fmt: skip
+    print()
+    print(comparison.table())
+    before, after = result.eval_before, result.eval_after
+    if "eval/rewards/accuracies" in before:
+        print(
+            f"implicit-reward accuracy on held-out candidates {before['eval/rewards/accuracies']:.3f} -> "
+            f"{after['eval/rewards/accuracies']:.3f}"
+        )
+    print(f"\nbefore/after images: {result.output_dir / 'eval' / 'before_after.png'}")
+    print(f"training curves:     {result.output_dir / 'training_curves.png'}")
+    print(f"LoRA (pipe.load_lora_weights): {result.final_dir}")
+    return result, comparison
+
+
+# --- the causal-LM demo ----------------------------------------------------------------------------
+
+LLM_SETTINGS = [
     "model.path=tiny:llama",
     "data.path=toy",
     "data.eval_fraction=0.125",
@@ -73,35 +172,21 @@ def compare_samples(result: RunResult, config, prompts: list[str], seed: int = 1
     }
 
 
-def run_demo(config_path: str | None = None, overrides: list[str] | None = None, output_dir: str = "outputs/demo"):
-    """Train, then print a before/after table; returns (run result, sample comparison or None)."""
-    settings = [] if config_path else DEMO_SETTINGS
-    config = load_config(config_path, [*settings, f"train.output_dir={output_dir}", *(overrides or [])])
-    print(f"mmdpo demo: {config.objective.name} on {config.model.path}, data={config.data.path}")
+def run_llm_demo(overrides: list[str] | None = None, output_dir: str = "outputs/demo-llm"):
+    """Train DPO on the vowel task, then print a before/after table; returns (run result, sample comparison)."""
+    config = load_config(None, [*LLM_SETTINGS, f"train.output_dir={output_dir}", *(overrides or [])])
+    print(f"mmdpo demo --llm: {config.objective.name} on {config.model.path}, data={config.data.path}")
     result = train(config)
-
     before, after = result.eval_before, result.eval_after
+    samples = compare_samples(result, config, toy_groups(64, seed=config.train.seed + 10_000)["prompt"])
     rows = [
-        (
-            "held-out implicit-reward accuracy",
-            before.get("eval/rewards/accuracies"),
-            after.get("eval/rewards/accuracies"),
-        ),
-        ("held-out loss", before.get("eval/loss"), after.get("eval/loss")),
+        ("held-out implicit-reward accuracy", before["eval/rewards/accuracies"], after["eval/rewards/accuracies"]),
+        ("held-out loss", before["eval/loss"], after["eval/loss"]),
+        ("sampled vowel reward (held-out prompts)", samples["base"], samples["policy"]),
     ]
-    samples = None
-    if config.data.path == "toy":
-        prompts = toy_groups(64, seed=config.train.seed + 10_000)["prompt"]
-        samples = compare_samples(result, config, prompts)
-        rows.append(("sampled vowel reward (held-out prompts)", samples["base"], samples["policy"]))
     print(f"\n{'':42s}{'before':>10s}{'after':>10s}")
     for name, b, a in rows:
-        fmt = lambda v: f"{v:10.3f}" if v is not None else f"{'-':>10s}"  # noqa: E731
-        print(f"{name:42s}{fmt(b)}{fmt(a)}")
-    if samples is not None:
-        print(f"{'policy win rate over base (same seeds)':42s}{'':>10s}{samples['win_rate']:10.1%}")
-    curves = Path(output_dir) / "training_curves.png"
-    if curves.exists():
-        print(f"\ntraining curves: {curves}")
-    print(f"model: {result.final_dir}")
+        print(f"{name:42s}{b:10.3f}{a:10.3f}")
+    print(f"{'policy win rate over base (same seeds)':42s}{'':>10s}{samples['win_rate']:10.1%}")
+    print(f"\ntraining curves: {Path(output_dir) / 'training_curves.png'}\nmodel: {result.final_dir}")
     return result, samples

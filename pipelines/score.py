@@ -173,7 +173,7 @@ def rescore_file(
 
 def score(config: ScoreConfig) -> ScoreResult:
     """Rescore and re-rank every file of ``config.source`` (see the module docstring)."""
-    folder, files = parquet_files(Path(config.source))
+    folder, files = parquet_files(Path(config.source).absolute())
     meta = read_meta(folder)
     if meta is not None and not meta["complete"]:
         raise ConfigError(f"{folder} is an unfinished mmdpo synth run; rerun mmdpo synth to finish it first.")

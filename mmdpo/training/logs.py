@@ -42,7 +42,7 @@ class RunLog:
         return path
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (a resumed run rewrites them)."""
+        """Drop lines logged after ``step`` (a resumed run rewrites them; -1 drops all)."""
         if not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]

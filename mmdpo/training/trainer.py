@@ -190,6 +190,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
     elif accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        log.truncate_after(-1)  # a fresh run in a used directory starts a fresh log
 
     result = RunResult(output_dir=output_dir, final_dir=output_dir / "final", steps=total_steps, skipped=skipped)
     if eval_loader is not None and state["step"] == 0:

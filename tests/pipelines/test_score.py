@@ -121,3 +121,9 @@ def test_an_unfinished_synth_set_or_a_set_without_rewards_is_refused(reference_s
     pq.write_table(table.drop_columns(["prompt"]), hand_made)
     with pytest.raises(ConfigError, match="needs 'prompt'"):
         run(hand_made, "rewards=[brightness]")
+
+
+def test_a_relative_source_is_scored_into_another_folder(hand_made, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run("set", "rewards=[brightness]", "out=scored")
+    assert pq.read_table(tmp_path / "scored" / hand_made.name).to_pylist()[0]["ranks"] == [1, 2, 0]
