@@ -76,6 +76,32 @@ def test_policy_equal_to_reference_gives_ln2_and_half_accuracy(kind, reference, 
     assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
 
 
+def test_gradient_checkpointing_recomputes_the_policy_with_its_adapter_on():
+    """The disabled-adapter reference runs before the policy, so checkpointed recomputation in backward sees the
+    LoRA weights switched on: the loss and the LoRA gradients equal those without checkpointing."""
+    runs = []
+    for checkpointing in (False, True):
+        ad = adapter("sdxl", reference="adapter", lora=True)
+        torch.manual_seed(0)
+        for name, param in ad.model.unet.named_parameters():
+            if "lora_B" in name:  # a trained adapter: the policy differs from the reference
+                param.data.normal_(std=0.05)
+        if checkpointing:
+            ad.model.unet.enable_gradient_checkpointing()
+        ad.model.unet.train()
+        policy, ref, _ = score(ad, image_batch(ad))
+        loss = get_objective("dpo", beta=5000.0)(policy, ref, Preferences(ranks=torch.tensor([[0, 1]] * 2))).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in ad.model.unet.named_parameters() if p.requires_grad}
+        runs.append((loss.detach(), grads))
+    (loss, grads), (loss_gc, grads_gc) = runs
+    assert abs(loss.item() - math.log(2)) > 1e-4
+    torch.testing.assert_close(loss_gc, loss)
+    assert grads.keys() == grads_gc.keys() and all(grads[n].abs().sum() > 0 for n in grads)
+    for name in grads:
+        torch.testing.assert_close(grads_gc[name], grads[name], rtol=1e-4, atol=1e-7)
+
+
 def test_candidates_of_a_group_share_timestep_noise_and_dropout():
     ad = adapter(prompt_dropout=0.5, sample_latents=False)  # posterior means: identical images, identical latents
     batch = image_batch(ad, prompts=PROMPTS * 4)
