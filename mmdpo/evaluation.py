@@ -73,6 +73,7 @@ def compare_run(
     Returns the comparison and the base's and the policy's images ``[P, S, 3, R, R]``.
     """
     from diffusers import UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
 
     from mmdpo.adapters.text_to_image import TextToImageAdapter, load_text_to_image
     from mmdpo.config import load_config
@@ -93,7 +94,12 @@ def compare_run(
     options = {"steps": steps, "guidance_scale": guidance_scale}
     base = adapter.generate(prompts, seeds, **options)
     if (final / "pytorch_lora_weights.safetensors").is_file():
-        adapter.pipeline().load_lora_weights(final)  # into the adapter's UNet, as a user loads it
+        verbosity = diffusers_logging.get_verbosity()  # quiet its note that the text encoders get no LoRA
+        diffusers_logging.set_verbosity_error()
+        try:
+            adapter.pipeline().load_lora_weights(final)  # into the adapter's UNet, as a user loads it
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
     else:
         model.unet = UNet2DConditionModel.from_pretrained(final, subfolder="unet").to(device)
     policy = adapter.generate(prompts, seeds, **options)
