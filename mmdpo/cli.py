@@ -1,10 +1,11 @@
-"""``mmdpo train | cache | synth | score | demo``: the command line.
+"""``mmdpo train | cache | synth | score | eval | demo``: the command line.
 
 mmdpo train configs/llm/dpo.yaml model.path=/models/qwen2-0.5b objective.beta=0.1
 mmdpo cache configs/sdxl/diffusion_dpo_lora.yaml data.path=/data/pickapic
 accelerate launch --num_processes 8 -m mmdpo train configs/llm/simpo.yaml
 mmdpo synth configs/synth/sdxl_ranked.yaml prompts=/data/prompts.txt out=/data/synpic
 mmdpo score /data/synpic rewards=[pickscore,hpsv2]
+mmdpo eval outputs/sdxl_diffusion_dpo_lora prompts=/data/eval_prompts.txt rewards=[pickscore,hpsv2] seeds=4
 mmdpo demo
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mmdpo.config import ConfigError, load_config
 
@@ -53,6 +55,23 @@ def _score(args: argparse.Namespace) -> None:
     print(f"score: {result.rows} rows ranked by {result.aggregation} of {', '.join(result.rewards)}; at {result.out}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from mmdpo.evaluation import compare_run
+    from mmdpo.pipelines.config import load_eval_config
+    from mmdpo.pipelines.prompts import read_prompts
+    from mmdpo.pipelines.ranked_set import device_of, load_rewards
+
+    config = load_eval_config(args.run_dir, args.overrides)
+    prompts = read_prompts(config.prompts, max_prompts=config.max_prompts).texts
+    device = device_of(config.device)
+    comparison, _, _ = compare_run(
+        config.run, prompts, load_rewards(config.rewards, device), seeds=list(range(config.seeds)),
+        steps=config.steps, guidance_scale=config.guidance_scale, device=device,
+    )  # fmt: skip
+    print(comparison.table())
+    print(f"before/after images and scores: {Path(config.run) / 'eval'}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from mmdpo.demo import run_demo, run_llm_demo
 
@@ -87,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     score.add_argument("source", help="the set: a Parquet file or directory, e.g. a synth output")
     score.add_argument("overrides", nargs="*", help="key=value settings, e.g. rewards=[pickscore,hpsv2] out=/data/new")
     score.set_defaults(run=_score)
+
+    evaluate = commands.add_parser("eval", help="a finished text-to-image run against its base, same prompts and seeds")
+    evaluate.add_argument("run_dir", metavar="run", help="the run's output directory (train.output_dir)")
+    evaluate.add_argument("overrides", nargs="*", help="key=value settings, e.g. prompts=p.txt seeds=8")
+    evaluate.set_defaults(run=_eval)
 
     demo = commands.add_parser("demo", help="the whole story on this machine, nothing downloaded")
     demo.add_argument("--config", default=None, help="your own synth + train + eval config instead of the embedded one")

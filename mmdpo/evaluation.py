@@ -67,10 +67,12 @@ def compare_run(
     steps: int = 25,
     guidance_scale: float = 5.0,
     grid: bool = True,
+    device: torch.device | None = None,
 ) -> tuple[Comparison, Tensor, Tensor]:
     """Base against trained policy of a finished text-to-image run (see the module docstring).
 
-    Returns the comparison and the base's and the policy's images ``[P, S, 3, R, R]``.
+    Returns the comparison and the base's and the policy's images ``[P, S, 3, R, R]``. ``device``: where the
+    models run, by default the GPU when there is one.
     """
     from diffusers import UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
@@ -84,7 +86,7 @@ def compare_run(
     final = run_dir / "final"
     if not final.is_dir():
         raise FileNotFoundError(f"{run_dir} has no final/ output; evaluate a finished run.")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_text_to_image(config.model.path)
     if config.model.vae_path is not None:
         model.load_encoders(config.model.vae_path)

@@ -102,6 +102,22 @@ class ScoreConfig:
     progress: bool = True
 
 
+@dataclass
+class EvalConfig:
+    """``mmdpo eval``: a finished text-to-image run in ``run`` against its base: every prompt of ``prompts`` drawn
+    from seeds ``0 .. seeds-1`` by both, scored by ``rewards``, with the sampler's ``steps`` and
+    ``guidance_scale``."""
+
+    run: str = ""
+    prompts: str = ""
+    rewards: list[RewardSection] = field(default_factory=lambda: [RewardSection(name="pickscore")])
+    seeds: int = 4
+    steps: int = 25
+    guidance_scale: float = 5.0
+    max_prompts: int | None = None
+    device: str = "auto"
+
+
 SYNTH_RUN_OPTIONS = {"out", "device", "pending_batches", "progress"}
 GENERATOR_RUN_OPTIONS = {"batch_size", "cpu_offload"}
 REWARD_RUN_OPTIONS = {"batch_size"}
@@ -136,6 +152,17 @@ def load_score_config(source: str, overrides: list[str] | None = None) -> ScoreC
     _expand_shorthand(tree, "rewards", "name")
     config = _build(ScoreConfig, {**tree, "source": source}, "")
     validate_score(config)
+    return config
+
+
+def load_eval_config(run: str, overrides: list[str] | None = None) -> EvalConfig:
+    """The eval config of the run directory ``run`` from ``key=value`` overrides, validated."""
+    tree = read_tree(None, overrides)
+    if "run" in tree:
+        raise ConfigError("The run to evaluate is the first argument of `mmdpo eval`; drop run=.")
+    _expand_shorthand(tree, "rewards", "name")
+    config = _build(EvalConfig, {**tree, "run": run}, "")
+    validate_eval(config)
     return config
 
 
@@ -228,6 +255,19 @@ def validate_score(config: ScoreConfig) -> None:
         raise ConfigError("aggregate=listed ranks by the listed rewards, but rewards is empty; list some.")
     check_rewards(config.rewards)
     _positive(config.batch_size, "batch_size")
+
+
+def validate_eval(config: EvalConfig) -> None:
+    """Fail on a run without a finished output, missing prompts or no rewards, naming the setting."""
+    if not (Path(config.run) / "final").is_dir() or not (Path(config.run) / "config.yaml").is_file():
+        raise FileNotFoundError(f"{config.run!r} is not a finished mmdpo run (no config.yaml and final/ there).")
+    if not config.prompts:
+        raise ConfigError("prompts is empty; give prompts=<.txt, .jsonl or .parquet file> to draw from.")
+    if not config.rewards:
+        raise ConfigError("rewards is empty; list the rewards to compare with, e.g. rewards=[pickscore,hpsv2].")
+    check_rewards(config.rewards)
+    for key in ("seeds", "steps", "max_prompts"):
+        _positive(getattr(config, key), key)
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

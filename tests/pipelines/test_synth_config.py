@@ -6,7 +6,7 @@ from synth_sets import TINY, write_prompts
 
 from mmdpo.cli import main
 from mmdpo.config import ConfigError
-from mmdpo.pipelines.config import load_score_config, load_synth_config
+from mmdpo.pipelines.config import load_eval_config, load_score_config, load_synth_config
 from mmdpo.pipelines.prompts import read_prompts
 
 REQUIRED = ["prompts=/data/prompts.txt", "out=/data/set"]
@@ -58,6 +58,24 @@ def test_a_bad_score_config_fails(tmp_path):
         load_score_config(str(tmp_path), ["source=/x", "rewards=[brightness]"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_score_config(str(tmp_path / "missing"), ["rewards=[brightness]"])
+
+
+def test_a_bad_eval_config_fails_naming_the_setting(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a finished mmdpo run"):
+        load_eval_config(str(tmp_path), ["prompts=p.txt"])
+    (tmp_path / "final").mkdir()
+    (tmp_path / "config.yaml").write_text("{}")
+    assert load_eval_config(str(tmp_path), ["prompts=p.txt"]).rewards[0].name == "pickscore"
+    with pytest.raises(ConfigError, match="prompts is empty"):
+        load_eval_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="did you mean 'seeds'"):
+        load_eval_config(str(tmp_path), ["prompts=p.txt", "seed=2"])
+    with pytest.raises(ConfigError, match="seeds=0 must be at least 1"):
+        load_eval_config(str(tmp_path), ["prompts=p.txt", "seeds=0"])
+    with pytest.raises(ConfigError, match="did you mean 'brightness'"):
+        load_eval_config(str(tmp_path), ["prompts=p.txt", "rewards=[brightnes]"])
+    with pytest.raises(ConfigError, match="first argument of `mmdpo eval`"):
+        load_eval_config(str(tmp_path), ["prompts=p.txt", "run=/x"])
 
 
 def test_the_command_line_reports_config_errors_in_one_line(capsys):

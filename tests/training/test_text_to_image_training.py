@@ -1,11 +1,13 @@
 """End-to-end text-to-image training on tiny models: equality at the start, resume, saving."""
 
+import json
 import math
 
 import pytest
 import torch
 from PIL import Image
 
+from mmdpo.cli import main
 from mmdpo.config import load_config
 from mmdpo.training.logs import read_metrics
 from mmdpo.training.trainer import train
@@ -109,7 +111,7 @@ def test_a_required_cache_that_is_missing_names_the_command(tmp_path, pickapic):
         run(tmp_path, pickapic, "model.path=tiny:sd15", "data.encode_cache=require", "train.max_steps=1")
 
 
-def test_a_finished_run_is_compared_with_its_base_as_saved(tmp_path, pickapic):
+def test_a_finished_run_is_compared_with_its_base_as_saved(tmp_path, pickapic, capsys):
     from mmdpo.evaluation import compare_run
     from mmdpo.rewards import Brightness
 
@@ -123,3 +125,10 @@ def test_a_finished_run_is_compared_with_its_base_as_saved(tmp_path, pickapic):
     assert 0 <= comparison.win_rate("brightness") <= 1 and "win rate" in comparison.table()
     assert (result.output_dir / "eval" / "before_after.png").is_file()
     assert (result.output_dir / "eval" / "comparison.json").is_file()
+
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts))  # the same comparison from the command line
+    settings = [f"prompts={tmp_path / 'prompts.txt'}", "rewards=[brightness]", "seeds=2", "steps=2", "device=cpu"]
+    main(["eval", str(result.output_dir), *settings])
+    assert comparison.table() in capsys.readouterr().out
+    saved = json.loads((result.output_dir / "eval" / "comparison.json").read_text())
+    assert saved["base"] == comparison.base and saved["policy"] == comparison.policy
