@@ -144,24 +144,25 @@ def load_synth_config(path: str | Path | None = None, overrides: list[str] | Non
     return config
 
 
+def _argument_config(cls: type, key: str, value: str, command: str, what: str, overrides: list[str] | None):
+    """A ``cls`` config from ``key=value`` overrides, with ``key`` taken from the command's first argument."""
+    tree = read_tree(None, overrides)
+    if key in tree:
+        raise ConfigError(f"The {what} is the first argument of `mmdpo {command}`; drop {key}=.")
+    _expand_shorthand(tree, "rewards", "name")
+    return _build(cls, {**tree, key: value}, "")
+
+
 def load_score_config(source: str, overrides: list[str] | None = None) -> ScoreConfig:
     """The score config of ``source`` from ``key=value`` overrides, validated."""
-    tree = read_tree(None, overrides)
-    if "source" in tree:
-        raise ConfigError("The set to score is the first argument of `mmdpo score`; drop source=.")
-    _expand_shorthand(tree, "rewards", "name")
-    config = _build(ScoreConfig, {**tree, "source": source}, "")
+    config = _argument_config(ScoreConfig, "source", source, "score", "set to score", overrides)
     validate_score(config)
     return config
 
 
 def load_eval_config(run: str, overrides: list[str] | None = None) -> EvalConfig:
     """The eval config of the run directory ``run`` from ``key=value`` overrides, validated."""
-    tree = read_tree(None, overrides)
-    if "run" in tree:
-        raise ConfigError("The run to evaluate is the first argument of `mmdpo eval`; drop run=.")
-    _expand_shorthand(tree, "rewards", "name")
-    config = _build(EvalConfig, {**tree, "run": run}, "")
+    config = _argument_config(EvalConfig, "run", run, "eval", "run to evaluate", overrides)
     validate_eval(config)
     return config
 

@@ -60,22 +60,24 @@ def test_a_bad_score_config_fails(tmp_path):
         load_score_config(str(tmp_path / "missing"), ["rewards=[brightness]"])
 
 
-def test_a_bad_eval_config_fails_naming_the_setting(tmp_path):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], "prompts is empty"),
+        (["prompts=p.txt", "seed=2"], "did you mean 'seeds'"),
+        (["prompts=p.txt", "seeds=0"], "seeds=0 must be at least 1"),
+        (["prompts=p.txt", "rewards=[brightnes]"], "did you mean 'brightness'"),
+        (["prompts=p.txt", "run=/x"], "first argument of `mmdpo eval`"),
+    ],
+)
+def test_a_bad_eval_config_fails_naming_the_setting(tmp_path, overrides, message):
     with pytest.raises(FileNotFoundError, match="not a finished mmdpo run"):
         load_eval_config(str(tmp_path), ["prompts=p.txt"])
     (tmp_path / "final").mkdir()
     (tmp_path / "config.yaml").write_text("{}")
     assert load_eval_config(str(tmp_path), ["prompts=p.txt"]).rewards[0].name == "pickscore"
-    with pytest.raises(ConfigError, match="prompts is empty"):
-        load_eval_config(str(tmp_path))
-    with pytest.raises(ConfigError, match="did you mean 'seeds'"):
-        load_eval_config(str(tmp_path), ["prompts=p.txt", "seed=2"])
-    with pytest.raises(ConfigError, match="seeds=0 must be at least 1"):
-        load_eval_config(str(tmp_path), ["prompts=p.txt", "seeds=0"])
-    with pytest.raises(ConfigError, match="did you mean 'brightness'"):
-        load_eval_config(str(tmp_path), ["prompts=p.txt", "rewards=[brightnes]"])
-    with pytest.raises(ConfigError, match="first argument of `mmdpo eval`"):
-        load_eval_config(str(tmp_path), ["prompts=p.txt", "run=/x"])
+    with pytest.raises(ConfigError, match=message):
+        load_eval_config(str(tmp_path), overrides)
 
 
 def test_the_command_line_reports_config_errors_in_one_line(capsys):
