@@ -22,8 +22,9 @@ through the current policy, before the reference and policy passes, so both see 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -36,6 +37,28 @@ Denoiser = Callable[..., Tensor]
 """``denoiser(x_t [N, C, H, W], t [N], **conditions) -> prediction [N, C, H, W]``."""
 
 NoisingKind = Literal["forward", "ddim_inversion", "renoise_inversion"]
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""The randomness of a batch of B groups: one generator for the whole batch, one per group (the trainer's choice:
+group b's draws come from generator b alone, so they do not depend on the batch or the process it lands in), or
+None for the global generator."""
+
+
+def draw_per_group(
+    sample: Callable[..., Tensor], size: tuple[int, ...], generator: Generators, device: torch.device
+) -> Tensor:
+    """``sample(size, generator=, device=)`` (``torch.randn``, ``torch.rand``, ...) for a ``[B, ...]`` batch: from one
+    generator, or row b from the b-th of B generators. Drawn on the generators' device, returned there."""
+    if isinstance(generator, Sequence):
+        return torch.cat([sample((1, *size[1:]), generator=g, device=device) for g in generator])
+    return sample(size, generator=generator, device=device)
+
+
+def generator_device(generator: Generators, fallback: torch.device) -> torch.device:
+    """Where ``generator`` draws (the first one's device for a list), else ``fallback``."""
+    if isinstance(generator, Sequence):
+        return generator[0].device
+    return generator.device if generator is not None else fallback
 
 
 @dataclass(frozen=True)
@@ -79,18 +102,18 @@ class Noised:
 def draw_noise(
     latents: Tensor,
     num_train_timesteps: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     noising: Noising | None = None,
 ) -> NoiseDraw:
     """One timestep and one noise tensor per group of ``latents [B, K, C, H, W]`` (plus InPO's step noise)."""
     b = latents.shape[0]
-    device = generator.device if generator is not None else latents.device
-    timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator, device=device)
+    device = generator_device(generator, latents.device)
+    timesteps = draw_per_group(partial(torch.randint, 0, num_train_timesteps), (b,), generator, device)
     shape = latents[:, 0].shape
-    noise = torch.randn(shape, generator=generator, device=device)
+    noise = draw_per_group(torch.randn, shape, generator, device)
     step_noise = None
     if noising is not None and noising.kind != "forward" and noising.eta > 0:
-        step_noise = torch.randn((noising.steps, *shape), generator=generator, device=device)
+        step_noise = draw_per_group(torch.randn, (b, noising.steps, *shape[1:]), generator, device).transpose(0, 1)
         step_noise = step_noise.to(latents.device, latents.dtype)
     return NoiseDraw(timesteps.to(latents.device), noise.to(latents.device, latents.dtype), step_noise)
 
@@ -99,7 +122,7 @@ def drop_conditions(
     conditions: dict[str, Tensor],
     empty: dict[str, Tensor],
     probability: float,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> dict[str, Tensor]:
     """Replace each group's conditions (all of them together) by the ``empty`` ones with ``probability``.
 
@@ -109,8 +132,8 @@ def drop_conditions(
     if probability <= 0:
         return conditions
     first = next(iter(conditions.values()))
-    device = generator.device if generator is not None else first.device
-    drop = (torch.rand(first.shape[0], generator=generator, device=device) < probability).to(first.device)
+    device = generator_device(generator, first.device)
+    drop = (draw_per_group(torch.rand, (first.shape[0],), generator, device) < probability).to(first.device)
     return {
         name: torch.where(drop.view(-1, *[1] * (value.dim() - 1)), empty[name].to(value).expand_as(value), value)
         for name, value in conditions.items()

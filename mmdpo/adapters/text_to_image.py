@@ -16,6 +16,7 @@ noise per group, noises (or inverts) the latents, and scores policy and referenc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -28,7 +29,17 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from torch import Tensor, nn
 
-from mmdpo.adapters.diffusion import Noised, Noising, denoising_loglik, draw_noise, drop_conditions, noise_latents
+from mmdpo.adapters.diffusion import (
+    Generators,
+    Noised,
+    Noising,
+    denoising_loglik,
+    draw_noise,
+    draw_per_group,
+    drop_conditions,
+    generator_device,
+    noise_latents,
+)
 from mmdpo.objectives import LogLik, Preferences
 from mmdpo.training.reference import adapter_disabled, frozen_copy
 
@@ -204,12 +215,13 @@ def encode_moments(vae: AutoencoderKL, pixels: Tensor, chunk: int = 8) -> tuple[
     return (torch.cat(means) - shift) * scale, torch.cat(stds) * scale
 
 
-def sample_latents(mean: Tensor, std: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
-    """A posterior sample ``mean + std * z`` (z from ``generator``, on its device), or the mean when ``std`` is None."""
+def sample_latents(mean: Tensor, std: Tensor | None, generator: Generators = None) -> Tensor:
+    """A posterior sample ``mean + std * z`` of ``[B, K, ...]`` moments (z from ``generator``, or group b's from the
+    b-th of B generators), or the mean when ``std`` is None."""
     if std is None:
         return mean
-    device = generator.device if generator is not None else mean.device
-    return mean + std * torch.randn(mean.shape, generator=generator, device=device).to(mean)
+    z = draw_per_group(torch.randn, mean.shape, generator, generator_device(generator, mean.device))
+    return mean + std * z.to(mean)
 
 
 def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], resolution: int) -> list[float]:
@@ -232,6 +244,8 @@ class ImageBatch:
             std is None when the cache holds means only.
         embeddings: cached ``encoder_hidden_states [B, L, D]`` (and ``text_embeds [B, P]``).
         time_ids: ``[B, 6]`` SDXL micro-conditioning (read by SDXL-style models only).
+        group_seeds: ``[B]`` seeds of each group's randomness (posterior sample, prompt dropout, timestep, noise),
+            from (seed, epoch, row) by :func:`group_seeds`; they stay on the host.
     """
 
     prefs: Preferences
@@ -241,6 +255,7 @@ class ImageBatch:
     latent_std: Tensor | None = None
     embeddings: dict[str, Tensor] | None = None
     time_ids: Tensor | None = None
+    group_seeds: Tensor | None = None
 
     def to(self, device: torch.device | str) -> ImageBatch:
         moved = {}
@@ -253,7 +268,7 @@ class ImageBatch:
             elif isinstance(value, dict):
                 value = {k: v.to(device, non_blocking=True) for k, v in value.items()}
             moved[f.name] = value
-        moved["prefs"] = self.prefs  # labels stay on the host; objectives move what they index
+        moved["prefs"], moved["group_seeds"] = self.prefs, self.group_seeds  # labels and seeds stay on the host
         return ImageBatch(**moved)
 
 
@@ -264,6 +279,13 @@ def preferences(rows: Sequence[dict[str, Any]]) -> Preferences:
         if rows[0].get(name) is not None:
             labels[name] = torch.tensor([row[name] for row in rows], dtype=dtype)
     return Preferences(**labels)
+
+
+def group_seeds(rows: Sequence[dict[str, Any]], seed: int, epoch: int) -> Tensor:
+    """``[B]`` seeds of the groups' randomness, a hash of (seed, epoch, the row's ``row_index``): a group draws the
+    same noise whatever batch, process or resumed run it lands in, and new noise every epoch."""
+    digests = [hashlib.blake2b(f"{seed}/{epoch}/{row['row_index']}".encode(), digest_size=8).digest() for row in rows]
+    return torch.tensor([int.from_bytes(digest, "little") >> 1 for digest in digests], dtype=torch.long)
 
 
 def collate_images(
@@ -287,6 +309,7 @@ def collate_images(
         pixels=torch.stack(pixels),
         input_ids=tokenize_prompts(tokenizers, [row["prompt"] for row in rows]),
         time_ids=torch.tensor(ids),
+        group_seeds=group_seeds(rows, seed, epoch),
     )
 
 
@@ -406,17 +429,21 @@ class TextToImageAdapter:
             self.empty_conditions = {k: v.to(device) for k, v in self.empty_conditions.items()}
         return self.empty_conditions
 
-    def inputs(self, batch: ImageBatch, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def inputs(self, batch: ImageBatch, generator: Generators = None) -> dict[str, Any]:
         """Latents, per-group conditions and the shared noising of one micro-batch, all without gradients.
 
-        The randomness is drawn in one order whatever the source of the batch (images or the encode cache):
-        the latents' posterior samples, the prompt dropout, then the timesteps and noise.
+        The randomness comes from ``generator`` (one for the batch, or one per group), else from one generator per
+        group seeded by ``batch.group_seeds`` (as the trainer runs), else from the global generator. It is drawn in
+        one order whatever the source of the batch (images or the encode cache): the latents' posterior samples,
+        the prompt dropout, then the timesteps and noise.
         """
         mean, std = batch.latent_mean, batch.latent_std
         if mean is None:
             b, k = batch.pixels.shape[:2]
             moments = encode_moments(self.model.vae, batch.pixels.flatten(0, 1), self.vae_batch_size)
             mean, std = (m.view(b, k, *m.shape[1:]) for m in moments)
+        if generator is None and batch.group_seeds is not None:
+            generator = [torch.Generator(mean.device).manual_seed(seed) for seed in batch.group_seeds.tolist()]
         latents = sample_latents(mean, std if self.sample_latents else None, generator)
         conditions = batch.embeddings or encode_prompts(self.model.text_encoders, batch.input_ids)
         if self.prompt_dropout > 0:

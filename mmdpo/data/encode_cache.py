@@ -237,9 +237,9 @@ class EncodeCache:
                 out.setdefault(name, []).append(handle.get_slice(name)[offset : offset + 1])
         return {name: torch.cat(parts).float() for name, parts in out.items()}
 
-    def collate(self, rows: Sequence[dict[str, Any]], *, epoch: int = 0):
+    def collate(self, rows: Sequence[dict[str, Any]], *, seed: int = 0, epoch: int = 0):
         """An :class:`~mmdpo.adapters.text_to_image.ImageBatch` of cached encodings for rows of :meth:`group_set`."""
-        from mmdpo.adapters.text_to_image import ImageBatch, preferences
+        from mmdpo.adapters.text_to_image import ImageBatch, group_seeds, preferences
 
         latents = self._rows("latents", [row["row_index"] for row in rows])
         embeddings = self._rows("prompts", [row["prompt_index"] for row in rows])
@@ -249,4 +249,5 @@ class EncodeCache:
             latent_std=latents.get("latent_std"),
             embeddings=embeddings,
             time_ids=latents["time_ids"],
+            group_seeds=group_seeds(rows, seed, epoch),
         )

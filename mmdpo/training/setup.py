@@ -81,7 +81,9 @@ def _set_up_text_to_image(config: Config, reference: str, half: torch.dtype | No
         adapter = TextToImageAdapter.from_config(config, reference, half, empty_conditions=caches[0].empty_prompt())
         eval_groups = caches[1].group_set() if len(caches) > 1 else None
         train, evaluation, skipped = split_image_groups(config, caches[0].group_set(), eval_groups)
-        return Setup(adapter, train, evaluation, skipped, caches[0].collate, caches[-1].collate)
+        seed = config.train.seed
+        return Setup(adapter, train, evaluation, skipped, partial(caches[0].collate, seed=seed),
+                     partial(caches[-1].collate, seed=seed))  # fmt: skip
     adapter = TextToImageAdapter.from_config(config, reference, half)
     groups = [load_image_source(path, split, config) for path, split in config.data.sources]
     train, evaluation, skipped = split_image_groups(config, groups[0], groups[1] if len(groups) > 1 else None)

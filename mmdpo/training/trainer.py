@@ -85,27 +85,20 @@ def make_optimizer(params: list[torch.nn.Parameter], tc, device: torch.device) -
     )
 
 
-def noise_seed(seed: int, rank: int, step: int, micro: int) -> int:
-    """The seed of one micro-batch's randomness (diffusion noise, timesteps, dropout), a pure function of where
-    it falls, so a resumed run draws exactly what the uninterrupted run drew."""
-    return ((seed * 1_000_003 + rank) * 1_000_003 + step) * 1_009 + micro
-
-
 class Step:
     """Computes one micro-batch's objective output from the policy, the reference and the labels.
 
-    The adapter prepares the inputs once (for diffusion: encodings, one noise draw per group), so the
-    reference and the policy see the same randomness; the reference runs first, without gradients.
+    The adapter prepares the inputs once (for diffusion: encodings and one noise draw per group, from the group's
+    own seed, so a group's draw does not depend on its batch, its process or a restart), so the reference and the
+    policy see the same randomness; the reference runs first, without gradients.
     """
 
-    def __init__(self, objective: Objective, adapter, scorer, autocast: Callable, device: torch.device):
+    def __init__(self, objective: Objective, adapter, scorer, autocast: Callable):
         self.objective, self.adapter, self.scorer, self.autocast = objective, adapter, scorer, autocast
-        self.generator = torch.Generator(device)
 
-    def __call__(self, batch, state: dict | None, seed: int):
-        self.generator.manual_seed(seed)
+    def __call__(self, batch, state: dict | None):
         with self.autocast():  # the adapter's frozen parts are not prepared modules, so they get no autocast
-            inputs = self.adapter.inputs(batch, self.generator)
+            inputs = self.adapter.inputs(batch)
             reference = self.adapter.reference_loglik(batch, inputs)
         policy = self.adapter.policy_loglik(self.scorer, batch, inputs)
         return self.objective(policy, reference, batch.prefs, state)
@@ -127,14 +120,12 @@ def _mean_metrics(records: list[dict[str, torch.Tensor]], accelerator: Accelerat
     return {k: float(v) for k, v in zip(keys, stacked)}
 
 
-def evaluate(
-    step_fn: Step, loader: DataLoader, accelerator: Accelerator, state: dict | None, seed: int
-) -> dict[str, float]:
+def evaluate(step_fn: Step, loader: DataLoader, accelerator: Accelerator, state: dict | None) -> dict[str, float]:
     """Objective metrics averaged over held-out groups, without gradients, with the same noise every time."""
     records = []
     with torch.no_grad():
-        for index, batch in enumerate(loader):
-            out = step_fn(batch.to(accelerator.device), state, noise_seed(seed, accelerator.process_index, 0, index))
+        for batch in loader:
+            out = step_fn(batch.to(accelerator.device), state)
             records.append({"loss": out.loss.detach(), **out.metrics})
     return {f"eval/{k}": v for k, v in _mean_metrics(records, accelerator).items()} if records else {}
 
@@ -166,7 +157,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
     scorer, optimizer = accelerator.prepare(adapter.scorer, optimizer)
     for module in adapter.frozen_modules:
         module.to(accelerator.device)
-    step_fn = Step(objective, adapter, scorer, accelerator.autocast, accelerator.device)
+    step_fn = Step(objective, adapter, scorer, accelerator.autocast)
 
     eval_loader = None
     if eval_ds is not None and len(eval_ds):
@@ -194,7 +185,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
 
     result = RunResult(output_dir=output_dir, final_dir=output_dir / "final", steps=total_steps, skipped=skipped)
     if eval_loader is not None and state["step"] == 0:
-        result.eval_before = evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed)
+        result.eval_before = evaluate(step_fn, eval_loader, accelerator, state["objective_state"])
         if accelerator.is_main_process:
             log.write(0, result.eval_before)
     sampling = tc.samples.every is not None and accelerator.is_main_process
@@ -223,7 +214,7 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
             batch = next(batches).to(accelerator.device)
             sync = accelerator.no_sync(scorer) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
             with sync:
-                out = step_fn(batch, state["objective_state"], noise_seed(tc.seed, rank, step, micro))
+                out = step_fn(batch, state["objective_state"])
                 nonfinite |= ~torch.isfinite(out.loss.detach())  # checked when the host syncs anyway
                 accelerator.backward(out.loss / tc.grad_accum)
             state["objective_state"] = out.state
@@ -249,9 +240,9 @@ def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | Non
             pending, grad_norms = [], []
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('rewards/accuracies', float('nan')):.2f}")
             if eval_loader is not None and tc.eval_every and step % tc.eval_every == 0 and step != total_steps:
-                metrics.update(evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed))
+                metrics.update(evaluate(step_fn, eval_loader, accelerator, state["objective_state"]))
             if step == total_steps and eval_loader is not None:
-                result.eval_after = evaluate(step_fn, eval_loader, accelerator, state["objective_state"], tc.seed)
+                result.eval_after = evaluate(step_fn, eval_loader, accelerator, state["objective_state"])
                 metrics.update(result.eval_after)
             if accelerator.is_main_process:
                 log.write(step, metrics)

@@ -7,11 +7,13 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
+from mmdpo.adapters.diffusion import Noising
 from mmdpo.adapters.text_to_image import (
     ImageBatch,
     TextToImageAdapter,
     add_lora,
     encode_prompts,
+    group_seeds,
     load_text_to_image,
     tokenize_prompts,
 )
@@ -112,6 +114,37 @@ def test_candidates_of_a_group_share_timestep_noise_and_dropout():
     assert torch.equal(t[:, 0], t[:, 1]) and len(set(t[:, 0].tolist())) > 1
     again, _, _ = score(ad, batch)  # a seeded generator reproduces everything
     torch.testing.assert_close(again.values, policy.values)
+
+
+@pytest.mark.parametrize("noising", [Noising(), Noising("ddim_inversion", steps=2, eta=0.1)])
+def test_a_groups_randomness_comes_from_its_own_seed_whatever_its_batch(noising):
+    """As the trainer runs: posterior sample, prompt dropout, timestep, noise and InPO's step noise of a group are
+    drawn from its seed alone, so the group gets the same x_t in a batch of four or alone, and the same again."""
+    ad = adapter("sdxl", prompt_dropout=0.5, noising=noising)
+    prompts = ["a red circle", "a blue square", "a green cat", "a tall tree"]
+    whole = image_batch(ad, prompts=prompts)
+    whole.group_seeds = torch.tensor([11, 12, 13, 14])
+    noised = ad.inputs(whole)["noised"]
+    for index in range(4):
+        alone = image_batch(ad, prompts=prompts[index : index + 1])
+        alone.pixels, alone.group_seeds = whole.pixels[index : index + 1], whole.group_seeds[index : index + 1]
+        single = ad.inputs(alone)["noised"]
+        torch.testing.assert_close(single.timesteps, noised.timesteps[2 * index : 2 * index + 2])
+        torch.testing.assert_close(single.x_t, noised.x_t[2 * index : 2 * index + 2], atol=1e-5, rtol=1e-4)
+    assert len(set(noised.timesteps.tolist())) > 1
+    again = ad.inputs(whole)["noised"]
+    torch.testing.assert_close(again.x_t, noised.x_t)
+    whole.group_seeds = torch.tensor([21, 12, 13, 14])
+    moved = ad.inputs(whole)["noised"].x_t
+    assert not torch.allclose(moved[:2], noised.x_t[:2]) and torch.allclose(moved[2:], noised.x_t[2:], atol=1e-5)
+
+
+def test_group_seeds_depend_on_seed_epoch_and_row_only():
+    rows = [{"row_index": 3}, {"row_index": 8}]
+    seeds = group_seeds(rows, seed=0, epoch=1)
+    assert torch.equal(group_seeds(rows[1:], seed=0, epoch=1), seeds[1:])
+    assert len({*seeds.tolist(), *group_seeds(rows, 0, 2).tolist(), *group_seeds(rows, 1, 1).tolist()}) == 6
+    assert (seeds >= 0).all()
 
 
 def test_prompt_dropout_substitutes_the_encoded_empty_prompt():
