@@ -43,7 +43,7 @@ def load_pipeline(section: GeneratorSection, device: torch.device) -> Any:
         pipe = TextToImageAdapter(load_text_to_image(section.path), reference="none").pipeline().to(dtype=dtype)
     else:
         try:
-            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(section.path, torch_dtype=dtype)
+            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(section.path, dtype=dtype)
         except (OSError, ValueError) as err:
             raise FileNotFoundError(
                 f"Generator {section.name!r}: cannot load path={section.path!r} as a diffusers text-to-image "

@@ -101,7 +101,7 @@ def load_text_to_image(path: str, dtype: torch.dtype = torch.float32, *, encoder
     _model_index(path)  # a clear error for a path that is no pipeline
     model = TextToImageModel(
         path,
-        _load(UNet2DConditionModel, path, "unet", "model.path", torch_dtype=dtype),
+        _load(UNet2DConditionModel, path, "unet", "model.path", dtype=dtype),
         _load(DDPMScheduler, path, "scheduler", "model.path"),
     )
     sampling_config = DDPMScheduler.load_config(path, subfolder="scheduler")
