@@ -600,7 +600,10 @@ class LLMAdapter:
                     f"{section.path!r}; token rewards need the policy's tokenizer, so pick a model of its family."
                 )
         if section.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23 renamed it
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if section.lora is not None:
             from peft import LoraConfig, get_peft_model
 
