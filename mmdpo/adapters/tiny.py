@@ -134,7 +134,12 @@ def tiny_text_to_image(kind: str = "sd15", seed: int = 0) -> dict[str, Any]:
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
     )  # fmt: skip
     scheduler = DDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, prediction_type="epsilon"
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        prediction_type="epsilon",
+        steps_offset=1,  # as SD1.5 and SDXL ship it
     )
     return {
         "unet": unet,
