@@ -6,6 +6,7 @@ import random
 import re
 import shutil
 
+import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import pytest
@@ -349,7 +350,7 @@ def test_center_crop_of_a_hand_checked_example():
 
 def test_random_crop_matches_a_reference_resize():
     image = noise(96, 64)
-    x = torch.from_numpy(__import__("numpy").asarray(image)).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
     reference = torch.nn.functional.interpolate(x, size=(32, 48), mode="bilinear", antialias=True) * 2 - 1
     offsets = set()
     for seed in range(6):
