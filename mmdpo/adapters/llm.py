@@ -652,8 +652,8 @@ class LLMAdapter:
             attention=self.attention,
         )
 
-    def inputs(self, batch: LLMBatch, generator: torch.Generator | None = None) -> dict[str, Any]:
-        """The forward inputs of a batch (token scoring draws no randomness, so ``generator`` is unused).
+    def inputs(self, batch: LLMBatch) -> dict[str, Any]:
+        """The forward inputs of a batch (token scoring draws no randomness).
 
         :meth:`reference_loglik` adds what the reference pass leaves for the policy pass (its hidden states
         and output layer for ``token_kl``, its layer states for learned masks).

@@ -368,7 +368,7 @@ class VLMAdapter(LLMAdapter):
 
     # --- scoring -----------------------------------------------------------------------------------
 
-    def inputs(self, batch: VLMBatch, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def inputs(self, batch: VLMBatch) -> dict[str, Any]:
         """The forward inputs of a batch; with the vision tower frozen, the images' features instead of their pixels,
         computed here once for the reference and the policy."""
         inputs = batch.model_inputs()
