@@ -30,6 +30,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,15 +58,15 @@ from mmdpo.data.loaders import (
     Pairing,
     Ties,
     _check_choice,
-    _check_consistent,
-    _check_list,
     _data_files,
-    _describe,
     _pair,
     _pick_split,
     _rank_labels,
+    check_columns,
+    convert_rows,
+    detect_format,
     expand_pairs,
-    is_full_tie,
+    group_labels,
     label_of,
     read_table,
 )
@@ -130,39 +131,6 @@ def _rows(table: Dataset, batch_size: int = 256) -> Iterator[dict[str, Any]]:
 
 
 # --- formats and columns ---------------------------------------------------------------------------
-
-
-def _missing(columns: list[str], format: str) -> list[str]:
-    return [_describe(options) for options in IMAGE_FORMAT_COLUMNS[format] if not any(c in columns for c in options)]
-
-
-def detect_image_format(columns: list[str]) -> str:
-    """The first image format (groups, pickapic, image_pairs, image_ranked, image_unpaired) the columns fit."""
-    fitting = [name for name in IMAGE_FORMAT_COLUMNS if not _missing(columns, name)]
-    if fitting:
-        return fitting[0]
-    lacks = "; ".join(f"{name} lacks {', '.join(_missing(columns, name))}" for name in IMAGE_FORMAT_COLUMNS)
-    raise ValueError(f"The data has columns {columns}, which fit no image format ({lacks}); rename the columns.")
-
-
-def check_image_columns(table: Dataset, format: str) -> None:
-    """Fail in one sentence when ``table`` lacks a column ``format`` needs or holds text where lists go."""
-    columns = table.column_names
-    missing = _missing(columns, format)
-    if missing:
-        fits = [name for name in IMAGE_FORMAT_COLUMNS if name != format and not _missing(columns, name)]
-        fit = f"formats that fit them: {', '.join(fits)}" if fits else "no image format fits them"
-        raise ValueError(
-            f"data.format={format} needs column {', '.join(missing)}, but the data has columns {columns}; {fit}."
-        )
-    read = {c for options in IMAGE_FORMAT_COLUMNS[format] for c in options}
-    for name in (c for c in IMAGE_LIST_COLUMNS if c in read and c in columns):
-        feature = table.features[name]
-        if isinstance(feature, Value) and feature.dtype != "null":
-            raise ValueError(
-                f"Column {name!r} holds single {feature.dtype} values where lists are needed; "
-                "CSV cannot store lists, so write this data as JSONL or Parquet."
-            )
 
 
 # --- row conversion --------------------------------------------------------------------------------
@@ -249,18 +217,8 @@ def _from_image_unpaired(row: dict[str, Any], base: Path | None) -> dict[str, An
 
 def _from_image_groups(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
     images = _image_list(row, CANDIDATES)
-    if row.get(DESIRABLE) is None:
-        labels = _rank_labels(row, len(images), CANDIDATES)
-    elif row.get(RANKS) is not None or row.get(SCORES) is not None:
-        raise BadRow("bad_label", DESIRABLE, "is set beside 'ranks' or 'scores'; keep one label kind")
-    else:
-        desirable = _check_list(row[DESIRABLE], 1, DESIRABLE, "candidate (unpaired groups have one)")
-        if len(images) != 1:
-            raise BadRow("length_mismatch", CANDIDATES, f"has {len(images)} entries; unpaired groups have one")
-        if not isinstance(desirable[0], bool):
-            raise BadRow("bad_label", DESIRABLE, f"must hold true or false, got {desirable[0]!r}")
-        labels = {DESIRABLE: desirable}
-    return _group(row, images, [f"{CANDIDATES}[{i}]" for i in range(len(images))], labels, base)
+    fields = [f"{CANDIDATES}[{i}]" for i in range(len(images))]
+    return _group(row, images, fields, group_labels(row, len(images)), base)
 
 
 IMAGE_CONVERTERS = {
@@ -332,28 +290,11 @@ def load_image_groups(
     _check_choice("data.bad_rows", bad_rows, ("error", "skip"))
     _check_choice("data.pairs", pairs, PAIRINGS)
     table, name, base = _read(source, split)
-    format = detect_image_format(table.column_names) if format == "auto" else format
-    check_image_columns(table, format)
+    format = detect_format(table.column_names, IMAGE_FORMAT_COLUMNS, "image format") if format == "auto" else format
+    check_columns(table, format, IMAGE_FORMAT_COLUMNS, IMAGE_LIST_COLUMNS, "image format")
 
-    convert, skipped = IMAGE_CONVERTERS[format], Counter()
-    groups: list[dict[str, Any]] = []
-    sources: list[int] = []
-    for index, row in enumerate(_rows(table)):
-        where = f"Row {index} of {name}"
-        try:
-            group = convert(row, base)
-        except BadRow as err:
-            if bad_rows == "error":
-                raise ValueError(f"{where}: {err}; fix the row or set data.bad_rows=skip to drop such rows.") from None
-            skipped[err.reason] += 1
-            continue
-        if groups:
-            _check_consistent(groups[0], group, where)
-        if ties == "drop" and is_full_tie(group):
-            skipped["tie"] += 1
-            continue
-        groups.append(group)
-        sources.append(index)
+    convert = partial(IMAGE_CONVERTERS[format], base=base)
+    groups, sources, skipped = convert_rows(_rows(table), convert, name, ties=ties, bad_rows=bad_rows)
 
     if pairs != "none" and groups:
         groups, sources = _expand(groups, sources, pairs, name, skipped)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -174,34 +174,40 @@ def _describe(options: tuple[str, ...]) -> str:
     return repr(options[0]) + (f" (or {alternatives})" if alternatives else "")
 
 
-def _missing(columns: list[str], format: str) -> list[str]:
-    """The requirements of ``format`` that ``columns`` do not meet, described for a message."""
-    return [_describe(options) for options in FORMAT_COLUMNS[format] if not any(c in columns for c in options)]
+def _missing(columns: list[str], needs: list[tuple[str, ...]]) -> list[str]:
+    """The requirements in ``needs`` (one tuple of alternative columns each) that ``columns`` do not meet."""
+    return [_describe(options) for options in needs if not any(c in columns for c in options)]
 
 
-def detect_format(columns: list[str]) -> str:
-    """The first format (groups, pairs, ranked, unpaired) whose required columns are all present."""
-    fitting = [name for name in FORMAT_COLUMNS if not _missing(columns, name)]
+def detect_format(columns: list[str], formats: dict = FORMAT_COLUMNS, noun: str = "format") -> str:
+    """The first of ``formats`` (for text: groups, pairs, ranked, unpaired) whose required columns are all present."""
+    fitting = [name for name, needs in formats.items() if not _missing(columns, needs)]
     if fitting:
         return fitting[0]
-    lacks = "; ".join(f"{name} lacks {', '.join(_missing(columns, name))}" for name in FORMAT_COLUMNS)
-    raise ValueError(f"The data has columns {columns}, which fit no format ({lacks}); rename the columns.")
+    lacks = "; ".join(f"{name} lacks {', '.join(_missing(columns, needs))}" for name, needs in formats.items())
+    raise ValueError(f"The data has columns {columns}, which fit no {noun} ({lacks}); rename the columns.")
 
 
-def check_columns(table: Dataset, format: str) -> None:
+def check_columns(
+    table: Dataset,
+    format: str,
+    formats: dict = FORMAT_COLUMNS,
+    list_columns: tuple[str, ...] = LIST_COLUMNS,
+    noun: str = "format",
+) -> None:
     """Fail early, in one sentence, when ``table`` lacks a column ``format`` needs or holds text where lists go."""
     columns = table.column_names
-    missing = _missing(columns, format)
+    missing = _missing(columns, formats[format])
     if format == "pairs" and not missing and PROMPT not in columns and isinstance(table.features["chosen"], Value):
         missing = ["'prompt' (only conversations carry their own prompt)"]
     if missing:
-        fits = [name for name in FORMAT_COLUMNS if name != format and not _missing(columns, name)]
-        fit = f"formats that fit them: {', '.join(fits)}" if fits else "no format fits them"
+        fits = [name for name, needs in formats.items() if name != format and not _missing(columns, needs)]
+        fit = f"{noun}s that fit them: {', '.join(fits)}" if fits else f"no {noun} fits them"
         raise ValueError(
             f"data.format={format} needs column {', '.join(missing)}, but the data has columns {columns}; {fit}."
         )
-    read = {c for options in FORMAT_COLUMNS[format] for c in options}
-    for name in (c for c in LIST_COLUMNS if c in read and c in columns):
+    read = {c for options in formats[format] for c in options}
+    for name in (c for c in list_columns if c in read and c in columns):
         feature = table.features[name]
         if isinstance(feature, Value) and feature.dtype != "null":
             raise ValueError(
@@ -317,23 +323,26 @@ def _from_unpaired(row: dict[str, Any]) -> dict[str, Any]:
     return _group(row.get(PROMPT), [row.get("completion")], ["completion"], {DESIRABLE: [label]})
 
 
-def _from_groups(row: dict[str, Any]) -> dict[str, Any]:
-    candidates = _candidate_list(row, CANDIDATES)
+def group_labels(row: dict[str, Any], count: int) -> dict[str, list]:
+    """The labels of an own-schema row with ``count`` candidates: ranks and/or scores, or one desirable flag."""
     if row.get(DESIRABLE) is None:
         if row.get(RANKS) is None and row.get(SCORES) is None:
             raise BadRow("bad_label", RANKS, "is empty and so are 'scores' and 'desirable'")
-        labels = _rank_labels(row, len(candidates), CANDIDATES)
-    elif row.get(RANKS) is not None or row.get(SCORES) is not None:
+        return _rank_labels(row, count, CANDIDATES)
+    if row.get(RANKS) is not None or row.get(SCORES) is not None:
         raise BadRow("bad_label", DESIRABLE, "is set beside 'ranks' or 'scores'; keep one label kind")
-    else:
-        desirable = _check_list(row[DESIRABLE], 1, DESIRABLE, "candidate (unpaired groups have one)")
-        if len(candidates) != 1:
-            raise BadRow("length_mismatch", CANDIDATES, f"has {len(candidates)} entries; unpaired groups have one")
-        if not isinstance(desirable[0], bool):
-            raise BadRow("bad_label", DESIRABLE, f"must hold true or false, got {desirable[0]!r}")
-        labels = {DESIRABLE: desirable}
+    desirable = _check_list(row[DESIRABLE], 1, DESIRABLE, "candidate (unpaired groups have one)")
+    if count != 1:
+        raise BadRow("length_mismatch", CANDIDATES, f"has {count} entries; unpaired groups have one")
+    if not isinstance(desirable[0], bool):
+        raise BadRow("bad_label", DESIRABLE, f"must hold true or false, got {desirable[0]!r}")
+    return {DESIRABLE: desirable}
+
+
+def _from_groups(row: dict[str, Any]) -> dict[str, Any]:
+    candidates = _candidate_list(row, CANDIDATES)
     fields = [f"{CANDIDATES}[{i}]" for i in range(len(candidates))]
-    return _group(row.get(PROMPT), candidates, fields, labels)
+    return _group(row.get(PROMPT), candidates, fields, group_labels(row, len(candidates)))
 
 
 def _step(value: Any, field: str) -> str:
@@ -484,6 +493,40 @@ def _to_dataset(groups: list[dict[str, Any]], columns: list[str]) -> Dataset:
         return Dataset.from_dict(data, features=Features({name: types[name] for name in columns}))
 
 
+def convert_rows(
+    rows: Iterable[dict[str, Any]],
+    convert: Callable[[dict[str, Any]], dict[str, Any]],
+    name: str,
+    *,
+    ties: Ties,
+    bad_rows: BadRows,
+) -> tuple[list[dict[str, Any]], list[int], Counter]:
+    """Each row as a group by ``convert``, all of one label kind: a bad row fails naming it or is skipped and
+    counted, a full tie is dropped with ``ties=drop``. Returns the groups, each one's row index, and the skips."""
+    groups: list[dict[str, Any]] = []
+    sources: list[int] = []
+    skipped: Counter = Counter()
+    for index, row in enumerate(rows):
+        where = f"Row {index} of {name}"
+        try:
+            group = convert(row)
+        except MixedKinds as err:
+            raise ValueError(f"{where}: {err}; a dataset must be all plain text or all conversations.") from None
+        except BadRow as err:
+            if bad_rows == "error":
+                raise ValueError(f"{where}: {err}; fix the row or set data.bad_rows=skip to drop such rows.") from None
+            skipped[err.reason] += 1
+            continue
+        if groups:
+            _check_consistent(groups[0], group, where)
+        if ties == "drop" and is_full_tie(group):
+            skipped["tie"] += 1
+            continue
+        groups.append(group)
+        sources.append(index)
+    return groups, sources, skipped
+
+
 def load_groups(
     path: str | Path | Dataset | DatasetDict,
     *,
@@ -519,27 +562,8 @@ def load_groups(
     name = name or ("the in-memory dataset" if isinstance(path, (Dataset, DatasetDict)) else str(path))
 
     passthrough = [c for c in PASSTHROUGH if c in table.column_names]
-    convert, skipped = CONVERTERS[format], Counter()
-    groups: list[dict[str, Any]] = []
-    sources: list[int] = []
-    for index, row in enumerate(table.remove_columns(passthrough)):
-        where = f"Row {index} of {name}"
-        try:
-            group = convert(row)
-        except MixedKinds as err:
-            raise ValueError(f"{where}: {err}; a dataset must be all plain text or all conversations.") from None
-        except BadRow as err:
-            if bad_rows == "error":
-                raise ValueError(f"{where}: {err}; fix the row or set data.bad_rows=skip to drop such rows.") from None
-            skipped[err.reason] += 1
-            continue
-        if groups:
-            _check_consistent(groups[0], group, where)
-        if ties == "drop" and is_full_tie(group):
-            skipped["tie"] += 1
-            continue
-        groups.append(group)
-        sources.append(index)
+    rows = table.remove_columns(passthrough)
+    groups, sources, skipped = convert_rows(rows, CONVERTERS[format], name, ties=ties, bad_rows=bad_rows)
 
     if pairs != "none" and groups:
         if STEPS in groups[0]:

@@ -238,7 +238,7 @@ def test_missing_column_names_it_and_the_fitting_formats():
     with pytest.raises(ValueError, match=r"^data.format=pickapic needs column 'jpg_1', but the data has columns"):
         load_image_groups(Dataset.from_dict(rows), format="pickapic")
     pairs = Dataset.from_dict({"prompt": ["p"], "chosen": [solid(RED)], "rejected": [solid(BLUE)]})
-    with pytest.raises(ValueError, match=r"needs column 'images', .*; formats that fit them: image_pairs\.$"):
+    with pytest.raises(ValueError, match=r"needs column 'images', .*; image formats that fit them: image_pairs\.$"):
         load_image_groups(pairs, format="image_ranked")
 
 
