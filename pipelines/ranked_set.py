@@ -4,6 +4,7 @@
       data/train-<first>-<end>.parquet   one shard per block of prompts [first, end), written atomically
       synth.yaml                         the config, the prompts' digest, the ranking's rewards and aggregation
       README.md                          the dataset card (``load_dataset(out)`` reads its ``configs``)
+      preview.png                        the first prompts' candidates, best first
 
 A row is one prompt with its K candidates, in the ``image_ranked`` format that ``mmdpo train`` reads:
 
@@ -27,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +45,9 @@ from mmdpo.rewards import Reward, aggregate, dense_ranks, load_reward
 DATA_DIR = "data"
 META_FILE = "synth.yaml"
 CARD_FILE = "README.md"
+PREVIEW_FILE = "preview.png"
+PREVIEW_PROMPTS, PREVIEW_SIDE = 6, 128
+"""The card's preview: the first prompts' candidates, best first, each at most this many pixels a side."""
 REWARD_PREFIX = "reward_"
 SCORES, RANKS = "scores", "ranks"
 FORMAT_VERSION = 1
@@ -176,8 +181,37 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def ranked_tiles(rows: Sequence[dict[str, Any]], side: int) -> Tensor:
+    """``[P, K, 3, S, S]`` in [0, 1]: each row's candidate images ordered by its ``scores``, best first, resized to
+    ``S = min(side, the first image's width)``."""
+    from mmdpo.data.images import decode_image
+
+    first = decode_image(rows[0]["images"][0])
+    size = min(side, first.width)
+    grid = []
+    for row in rows:
+        order = sorted(range(len(row["scores"])), key=lambda i: -row["scores"][i])
+        images = [decode_image(row["images"][i]).resize((size, size), PIL.Image.Resampling.LANCZOS) for i in order]
+        grid.append(torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for image in images]))
+    return torch.stack(grid).float() / 255
+
+
+def write_preview(directory: Path) -> None:
+    """``preview.png``: the candidates of the set's first prompts from best to worst, to look at before training."""
+    from mmdpo.training.logs import image_grid
+
+    shard = min((directory / DATA_DIR).glob("*.parquet"))
+    rows = pq.read_table(shard, columns=["prompt", "images", "scores"]).slice(0, PREVIEW_PROMPTS).to_pylist()
+    tiles = ranked_tiles(rows, PREVIEW_SIDE)
+    labels = ["best", *(f"#{i}" for i in range(2, tiles.shape[1])), "worst"][: tiles.shape[1]]
+    with replacing(directory / PREVIEW_FILE) as temporary:
+        image_grid(tiles, [row["prompt"] for row in rows], labels).save(temporary, format="PNG")
+
+
 def write_card(directory: Path, meta: dict[str, Any]) -> None:
-    """The dataset card: counts, generators, rewards and aggregation, columns, how to load and train, the config."""
+    """The dataset card (counts, generators, rewards and aggregation, columns, how to load and train, the config)
+    and its preview image."""
+    write_preview(directory)
     config, counts, ranking, prompts = meta["config"], meta["counts"], meta["ranking"], meta["prompts"]
     generators = _table(
         ["name", "path", "steps", "guidance scale", "resolution", "dtype", "scheduler"],
@@ -210,6 +244,8 @@ aggregated into one score and a rank per candidate.
 
 Prompts: `{prompts["source"]}`, skipped: {skipped}. Base seed {config["seed"]}; images stored as
 {config["image_format"].upper()}.
+
+![the candidates of the first prompts, best first]({PREVIEW_FILE})
 
 ## Generators
 

@@ -17,6 +17,7 @@ from mmdpo.config import ConfigError
 from mmdpo.data.images import load_image_groups
 from mmdpo.pipelines import synth as synth_module
 from mmdpo.pipelines.generators import Generator, candidate_seed
+from mmdpo.pipelines.ranked_set import ranked_tiles
 from mmdpo.pipelines.synth import Processes, synth
 from mmdpo.rewards import Brightness
 
@@ -49,9 +50,27 @@ def test_the_set_holds_every_prompt_once_with_raw_scores_scores_and_ranks(refere
     assert meta["prompts"]["skipped"] == {"blank": 1, "repeated": 1}
     card = (reference_set / "README.md").read_text()
     assert "| 5 | 4 | 20 | 3 |" in card and "`reward_pickscore`" in card and "tiny-sdxl" in card
+    assert "![the candidates of the first prompts, best first](preview.png)" in card
+    assert PIL.Image.open(reference_set / "preview.png").size[1] > 5 * 16  # a row per prompt
     assert sorted(p.name for p in (reference_set / "data").iterdir()) == [
         "train-00000000-00000002.parquet", "train-00000002-00000004.parquet", "train-00000004-00000005.parquet",
     ]  # fmt: skip
+
+
+def test_the_preview_orders_each_prompts_candidates_best_first():
+    def stored(level):  # as a set stores an image: PNG bytes
+        buffer = io.BytesIO()
+        PIL.Image.new("RGB", (32, 32), (level,) * 3).save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    rows = [
+        {"images": [stored(5), stored(250), stored(128)], "scores": [0.0, 1.0, 0.5]},
+        {"images": [stored(128), stored(5), stored(250)], "scores": [2.0, 1.0, 3.0]},
+    ]
+    tiles = ranked_tiles(rows, side=16)
+    assert tiles.shape == (2, 3, 3, 16, 16)
+    means = tiles.mean(dim=(2, 3, 4))
+    assert torch.all(means[:, :-1] > means[:, 1:])  # the brightest (best scored) first in both rows
 
 
 def test_candidate_seeds_depend_on_each_input_and_nothing_else():
