@@ -52,7 +52,8 @@ def _score(args: argparse.Namespace) -> None:
     from mmdpo.pipelines.score import score
 
     result = score(load_score_config(args.source, args.overrides))
-    print(f"score: {result.rows} rows ranked by {result.aggregation} of {', '.join(result.rewards)}; at {result.out}")
+    ranking = f"{result.aggregation} of {', '.join(result.rewards)}"
+    print(f"score: {result.rows} rows in {result.files} files here, ranked by {ranking}; at {result.out}")
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
     mmdpo score /data/synpic rewards=[pickscore,hpsv2]                          # in place
     mmdpo score /data/synpic rewards=[aesthetic] aggregate=listed out=/data/synpic-aesthetic
     mmdpo score /data/synpic aggregation=zscore                                 # re-rank from the stored raw scores
+    accelerate launch --num_processes 8 -m mmdpo score /data/synpic rewards=[hpsv2]   # files split over processes
 
 A set is a Parquet file or a directory of them (a ``mmdpo synth`` output, or any table with ``prompt`` or
 ``caption`` and ``images``: a list of image bytes, paths or ``{bytes, path}``). Each listed reward scores every
@@ -33,7 +34,6 @@ from mmdpo.pipelines.ranked_set import (
     RANKS,
     REWARD_PREFIX,
     SCORES,
-    device_of,
     load_rewards,
     ranked_columns,
     ranking_meta,
@@ -43,12 +43,14 @@ from mmdpo.pipelines.ranked_set import (
     write_card,
     write_meta,
 )
+from mmdpo.pipelines.synth import Processes
 from mmdpo.rewards import Reward
 
 
 @dataclass
 class ScoreResult:
-    """The rescored set: where it is, its files and rows, and the rewards and aggregation behind its ranks."""
+    """The rescored set: where it is, the files and rows this process rescored, and the rewards and aggregation
+    behind its ranks."""
 
     out: Path
     files: int
@@ -171,8 +173,10 @@ def rescore_file(
             first += batch.num_rows
 
 
-def score(config: ScoreConfig) -> ScoreResult:
-    """Rescore and re-rank every file of ``config.source`` (see the module docstring)."""
+def score(config: ScoreConfig, processes: Processes | None = None) -> ScoreResult:
+    """Rescore and re-rank every file of ``config.source`` (see the module docstring). Under ``accelerate launch``
+    or ``torchrun`` each process takes every ``world``-th file; the first writes the card when all are done."""
+    processes = processes or Processes.from_accelerate(config.device)
     folder, files = parquet_files(Path(config.source).absolute())
     meta = read_meta(folder)
     if meta is not None and not meta["complete"]:
@@ -186,14 +190,17 @@ def score(config: ScoreConfig) -> ScoreResult:
     sections = ranking_sections(config, stored, old)
     if not sections:
         raise ConfigError(f"{config.source} holds no reward_<name> columns to rank by; give rewards=[...].")
-    rewards = load_rewards(config.rewards, device_of(config.device))
+    rewards = load_rewards(config.rewards, processes.device)
     out = Path(config.out) if config.out is not None else folder
-    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
-    with tqdm(total=rows, desc="score", unit="row", disable=not config.progress) as bar:
-        for path in files:
+    mine = files[processes.rank :: processes.world]
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in mine)
+    progress = config.progress and processes.rank == 0
+    with tqdm(total=rows, desc="score", unit="row", disable=not progress) as bar:
+        for path in mine:
             rescore_file(path, out / path.relative_to(folder), rewards, sections, aggregation, config.batch_size, bar)
-    if meta is not None:
+    processes.barrier()
+    if meta is not None and processes.rank == 0:
         meta = {**meta, "ranking": ranking_meta(sections, aggregation)}
         write_meta(out, meta)
         write_card(out, meta)
-    return ScoreResult(out, len(files), rows, [s.name for s in sections if s.weight > 0], aggregation)
+    return ScoreResult(out, len(mine), rows, [s.name for s in sections if s.weight > 0], aggregation)

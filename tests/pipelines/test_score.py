@@ -1,7 +1,11 @@
 """`mmdpo score` on hand-made sets whose new ranks are known, and on a synth set."""
 
 import io
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import PIL.Image
 import pyarrow as pa
@@ -127,3 +131,21 @@ def test_a_relative_source_is_scored_into_another_folder(hand_made, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     run("set", "rewards=[brightness]", "out=scored")
     assert pq.read_table(tmp_path / "scored" / hand_made.name).to_pylist()[0]["ranks"] == [1, 2, 0]
+
+
+@pytest.mark.slow
+def test_two_processes_rescore_the_set_as_one(reference_set, tmp_path):
+    """Two torchrun processes (gloo on the CPU) split the three shards; rank 0 writes the card when both are done."""
+    one, two = (shutil.copytree(reference_set, tmp_path / name) for name in ("one", "two"))
+    settings = ["rewards=[colourfulness]", "progress=false", "device=cpu"]
+    score(load_score_config(str(one), settings))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [*launcher, "-m", "mmdpo", "score", str(two), *settings]
+    printed = subprocess.run(command, check=True, env=env, capture_output=True).stdout.decode()
+    assert sorted(re.findall(r"score: \d+ rows in (\d) files here", printed)) == ["1", "2"]  # the files were split
+    rescored, expected = read_set(two), read_set(one)
+    assert list(rescored) == list(expected) and len(expected) == 3
+    for name, table in expected.items():
+        assert "reward_colourfulness" in table.column_names and rescored[name].equals(table), name
+    assert (two / "README.md").read_text() == (one / "README.md").read_text().replace(str(one), str(two))
