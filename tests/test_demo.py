@@ -3,8 +3,10 @@ prompts with the same seeds, for RankDPO (the demo's default) and for Diffusion-
 synthetic set."""
 
 import pytest
+import yaml
 
-from mmdpo.demo import run_demo, run_llm_demo
+from mmdpo.config import ConfigError
+from mmdpo.demo import DEMO_CONFIG, demo_tree, run_demo, run_llm_demo
 
 SHORT = [
     "train.train.max_steps=60", "train.train.progress=false", "train.train.eval_every=null",
@@ -67,3 +69,19 @@ def test_llm_demo_policy_beats_the_base_on_held_out_prompts(tmp_path, capsys):
     assert samples["win_rate"] >= 0.75
     printed = capsys.readouterr().out
     assert "policy win rate over base" in printed and (tmp_path / "training_curves.png").exists()
+
+
+def test_a_users_demo_config_is_read_with_its_placeholders_and_its_sections_checked(tmp_path):
+    tree = yaml.safe_load(DEMO_CONFIG.read_text())
+    mine = tmp_path / "my_demo.yaml"
+    mine.write_text(yaml.safe_dump({**tree, "train_prompts": ["a red circle"]}))
+    filled = demo_tree(mine, ["eval.seeds=2"], tmp_path / "out")
+    assert filled["train_prompts"] == ["a red circle"] and filled["eval"]["seeds"] == 2
+    assert filled["synth"]["generators"][0]["path"] == str(DEMO_CONFIG.parent / "toy-t2i")
+    del tree["eval"]
+    mine.write_text(yaml.safe_dump({**tree, "extra": 1}))
+    with pytest.raises(ConfigError, match="adds extra"):
+        demo_tree(mine, [], tmp_path / "out")
+    mine.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="lacks eval"):
+        demo_tree(mine, [], tmp_path / "out")
