@@ -88,30 +88,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mmdpo", description="Preference optimisation for generative models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train from a YAML config with key=value overrides")
-    train.add_argument("config", help="path to a YAML config")
-    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.beta=0.1")
-    train.set_defaults(run=_train)
-
-    cache = commands.add_parser("cache", help="encode a text-to-image config's images and prompts once, to disk")
-    cache.add_argument("config", help="path to a YAML config (the one you will train with)")
-    cache.add_argument("overrides", nargs="*", help="key=value overrides, the same as for train")
-    cache.set_defaults(run=_cache)
-
-    synth = commands.add_parser("synth", help="generate, score and rank a synthetic image preference set")
-    synth.add_argument("config", help="path to a synth YAML config, e.g. configs/synth/sdxl_ranked.yaml")
-    synth.add_argument("overrides", nargs="*", help="key=value overrides, e.g. prompts=/data/prompts.txt out=/data/set")
-    synth.set_defaults(run=_synth)
-
-    score = commands.add_parser("score", help="score an image-ranked set with more rewards and re-rank it")
-    score.add_argument("source", help="the set: a Parquet file or directory, e.g. a synth output")
-    score.add_argument("overrides", nargs="*", help="key=value settings, e.g. rewards=[pickscore,hpsv2] out=/data/new")
-    score.set_defaults(run=_score)
-
-    evaluate = commands.add_parser("eval", help="a finished text-to-image run against its base, same prompts and seeds")
-    evaluate.add_argument("run_dir", metavar="run", help="the run's output directory (train.output_dir)")
-    evaluate.add_argument("overrides", nargs="*", help="key=value settings, e.g. prompts=p.txt seeds=8")
-    evaluate.set_defaults(run=_eval)
+    for name, run, help_, argument, example in (
+        ("train", _train, "train from a YAML config with key=value overrides",
+         ("config", "path to a YAML config"), "objective.beta=0.1"),
+        ("cache", _cache, "encode a text-to-image config's images and prompts once, to disk",
+         ("config", "path to a YAML config (the one you will train with)"), "data.path=/data/pickapic"),
+        ("synth", _synth, "generate, score and rank a synthetic image preference set",
+         ("config", "path to a synth YAML config, e.g. configs/synth/sdxl_ranked.yaml"),
+         "prompts=/data/prompts.txt out=/data/set"),
+        ("score", _score, "score an image-ranked set with more rewards and re-rank it",
+         ("source", "the set: a Parquet file or directory, e.g. a synth output"), "rewards=[pickscore,hpsv2]"),
+        ("eval", _eval, "a finished text-to-image run against its base, same prompts and seeds",
+         ("run_dir", "the run's output directory (train.output_dir)"), "prompts=p.txt seeds=8"),
+    ):  # fmt: skip
+        command = commands.add_parser(name, help=help_)
+        command.add_argument(argument[0], metavar=argument[0].removesuffix("_dir"), help=argument[1])
+        command.add_argument("overrides", nargs="*", help=f"key=value settings, e.g. {example}")
+        command.set_defaults(run=run)
 
     demo = commands.add_parser("demo", help="the whole story on this machine, nothing downloaded")
     demo.add_argument("--config", default=None, help="your own synth + train + eval config instead of the embedded one")

@@ -39,8 +39,10 @@ from datasets.arrow_writer import get_writer_batch_size_from_data_size
 from torch import Tensor
 
 from mmdpo.data.encode_cache import DTYPES
+from mmdpo.data.images import decode_image
 from mmdpo.pipelines.config import RewardSection
 from mmdpo.rewards import Reward, aggregate, dense_ranks, load_reward
+from mmdpo.training.logs import image_grid
 
 DATA_DIR = "data"
 META_FILE = "synth.yaml"
@@ -184,8 +186,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def ranked_tiles(rows: Sequence[dict[str, Any]], side: int) -> Tensor:
     """``[P, K, 3, S, S]`` in [0, 1]: each row's candidate images ordered by its ``scores``, best first, resized to
     ``S = min(side, the first image's width)``."""
-    from mmdpo.data.images import decode_image
-
     first = decode_image(rows[0]["images"][0])
     size = min(side, first.width)
     grid = []
@@ -198,8 +198,6 @@ def ranked_tiles(rows: Sequence[dict[str, Any]], side: int) -> Tensor:
 
 def write_preview(directory: Path) -> None:
     """``preview.png``: the candidates of the set's first prompts from best to worst, to look at before training."""
-    from mmdpo.training.logs import image_grid
-
     shard = min((directory / DATA_DIR).glob("*.parquet"))
     rows = pq.read_table(shard, columns=["prompt", "images", "scores"]).slice(0, PREVIEW_PROMPTS).to_pylist()
     tiles = ranked_tiles(rows, PREVIEW_SIDE)
