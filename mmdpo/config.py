@@ -194,7 +194,7 @@ class Config:
         return out
 
 
-def _closest(key: str, options) -> str:
+def closest_hint(key: str, options) -> str:
     match = difflib.get_close_matches(key, list(options), n=1)
     return f"; did you mean {match[0]!r}?" if match else ""
 
@@ -212,11 +212,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             value = next((w for w in (("yes", "on", "true") if value else ("no", "off", "false")) if w in args), value)
         if value not in args:
             raise ConfigError(
-                f"{where}={value!r} is not one of {', '.join(map(repr, args))}{_closest(str(value), args)}."
+                f"{where}={value!r} is not one of {', '.join(map(repr, args))}{closest_hint(str(value), args)}."
             )
         return value
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
+        return build_section(hint, value, where)
     if args and type(None) in args:  # Optional[X] / X | None
         options = [a for a in args if a is not type(None)]
         for option in options:
@@ -251,7 +251,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}={value!r} has the wrong type; expected {getattr(hint, '__name__', hint)}.")
 
 
-def _build(cls: type, values: Any, where: str) -> Any:
+def build_section(cls: type, values: Any, where: str) -> Any:
     if values is True and cls is LoraSection:  # `lora: true` takes the defaults
         values = {}
     if not isinstance(values, dict):
@@ -264,7 +264,7 @@ def _build(cls: type, values: Any, where: str) -> Any:
     for key, value in values.items():
         name = f"{where}.{key}".lstrip(".")
         if key not in hints:
-            raise ConfigError(f"Unknown config key {name}{_closest(key, hints)}.")
+            raise ConfigError(f"Unknown config key {name}{closest_hint(key, hints)}.")
         kwargs[key] = _coerce(value, hints[key], name)
     return cls(**kwargs)
 
@@ -321,7 +321,7 @@ def read_tree(path: str | Path | None, overrides: list[str] | None) -> dict[str,
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply ``key=value`` overrides and validate the whole."""
-    config = _build(Config, read_tree(path, overrides), "")
+    config = build_section(Config, read_tree(path, overrides), "")
     validate(config)
     return config
 

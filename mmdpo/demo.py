@@ -24,10 +24,11 @@ import torch
 import yaml
 from accelerate.utils import set_seed
 
-from mmdpo.adapters.llm import DTYPES, load_causal_lm
+from mmdpo.adapters.llm import load_causal_lm
 from mmdpo.assets import TOY_T2I
 from mmdpo.config import ConfigError, load_config, read_tree
 from mmdpo.data.toy import toy_groups, vowel_reward
+from mmdpo.precision import DTYPES
 from mmdpo.training.trainer import RunResult, train
 
 DEMO_CONFIG = TOY_T2I.parent / "demo.yaml"

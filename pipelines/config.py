@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import diffusers
 
-from mmdpo.config import ConfigError, _build, _closest, read_tree
+from mmdpo.config import ConfigError, build_section, closest_hint, read_tree
 from mmdpo.rewards import REWARDS, Reward
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -139,7 +139,7 @@ def load_synth_config(path: str | Path | None = None, overrides: list[str] | Non
     tree = read_tree(path, overrides)
     _expand_shorthand(tree, "generators", "path")
     _expand_shorthand(tree, "rewards", "name")
-    config = _build(SynthConfig, tree, "")
+    config = build_section(SynthConfig, tree, "")
     validate_synth(config)
     return config
 
@@ -150,7 +150,7 @@ def _argument_config(cls: type, key: str, value: str, command: str, what: str, o
     if key in tree:
         raise ConfigError(f"The {what} is the first argument of `mmdpo {command}`; drop {key}=.")
     _expand_shorthand(tree, "rewards", "name")
-    return _build(cls, {**tree, key: value}, "")
+    return build_section(cls, {**tree, key: value}, "")
 
 
 def load_score_config(source: str, overrides: list[str] | None = None) -> ScoreConfig:
@@ -202,7 +202,7 @@ def check_rewards(rewards: list[RewardSection]) -> None:
     for index, section in enumerate(rewards):
         where = f"rewards[{index}]"
         if section.name not in REWARDS:
-            hint = _closest(section.name, REWARDS) or f"; known rewards: {', '.join(REWARDS)}."
+            hint = closest_hint(section.name, REWARDS) or f"; known rewards: {', '.join(REWARDS)}."
             raise ConfigError(f"{where}.name={section.name!r} is not a reward{hint}")
         if REWARDS[section.name].prepare is not Reward.prepare:  # the default prepare takes images
             raise ConfigError(f"{where}.name={section.name} does not score images; pick an image reward.")

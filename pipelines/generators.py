@@ -15,8 +15,8 @@ import diffusers
 import PIL.Image
 import torch
 
-from mmdpo.data.encode_cache import DTYPES
 from mmdpo.pipelines.config import GeneratorSection
+from mmdpo.precision import DTYPES
 
 
 def candidate_seed(base_seed: int, prompt: str, generator: str, index: int) -> int:

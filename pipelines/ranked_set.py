@@ -38,9 +38,9 @@ from datasets import Features, Image, List, Value
 from datasets.arrow_writer import get_writer_batch_size_from_data_size
 from torch import Tensor
 
-from mmdpo.data.encode_cache import DTYPES
 from mmdpo.data.images import decode_image
 from mmdpo.pipelines.config import RewardSection
+from mmdpo.precision import DTYPES
 from mmdpo.rewards import Reward, aggregate, dense_ranks, load_reward
 from mmdpo.training.logs import image_grid
 

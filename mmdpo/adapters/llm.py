@@ -31,9 +31,10 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmdpo.adapters.logprobs import selected_logprobs
+from mmdpo.adapters.reference import adapter_disabled, frozen_copy
 from mmdpo.adapters.token_level import TokenMask, base_head, layer_outputs
 from mmdpo.objectives import LogLik, Preferences
-from mmdpo.training.reference import adapter_disabled, frozen_copy
+from mmdpo.precision import DTYPES
 
 Layout = Literal["shared", "concat"]
 
@@ -489,7 +490,6 @@ REFERENCE_STATES = {
 }
 """The reference state (a scorer ``capture``) each extra needs."""
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def disable_dropout(model: nn.Module) -> None:

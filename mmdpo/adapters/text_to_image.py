@@ -40,8 +40,9 @@ from mmdpo.adapters.diffusion import (
     generator_device,
     noise_latents,
 )
+from mmdpo.adapters.reference import adapter_disabled, frozen_copy
 from mmdpo.objectives import LogLik, Preferences
-from mmdpo.training.reference import adapter_disabled, frozen_copy
+from mmdpo.precision import DTYPES
 
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 """The attention projections the diffusers LoRA scripts adapt; ``pipe.load_lora_weights`` expects these."""
@@ -484,7 +485,6 @@ class TextToImageAdapter:
         ``half`` is the mixed-precision dtype, if any: the text encoders and a frozen reference copy run in it.
         With ``empty_conditions`` (training from the encode cache) the VAE and text encoders are not loaded.
         """
-        from mmdpo.adapters.llm import DTYPES
         from mmdpo.data.images import GroupTransform
 
         section, data = config.model, config.data

@@ -38,7 +38,6 @@ from transformers import PreTrainedModel, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmdpo.adapters.llm import (
-    DTYPES,
     CausalLMScorer,
     LLMAdapter,
     LLMBatch,
@@ -47,6 +46,7 @@ from mmdpo.adapters.llm import (
     tokenize_group,
 )
 from mmdpo.data.images import ImageError, decode_image
+from mmdpo.precision import DTYPES
 
 TOKEN_TYPE_INPUTS = ("token_type_ids", "mm_token_type_ids")
 """Per-token processor outputs; every other output but the ids and the mask is per image."""

@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 
 from mmdpo.data.loaders import GroupSet
 from mmdpo.data.schema import CANDIDATES, PROMPT
+from mmdpo.precision import half_name
 
 VERSION = 1
 ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def cache_key(config, source: tuple[str, str]) -> dict[str, Any]:
 
 def text_dtype_name(config) -> str:
     """The text encoders run in the mixed-precision dtype, if any."""
-    return {"bf16": "bfloat16", "fp16": "float16"}.get(config.train.mixed_precision, "float32")
+    return half_name(config.train.mixed_precision)
 
 
 def cache_root(config) -> Path:

@@ -11,10 +11,10 @@ from accelerate import Accelerator
 from datasets import Dataset, concatenate_datasets
 
 from mmdpo.adapters.llm import LLMAdapter, RowError
+from mmdpo.adapters.reference import model_fingerprint, precompute_reference
 from mmdpo.config import Config, modality
 from mmdpo.data.loaders import GroupSet, load_groups, train_eval_split
 from mmdpo.data.toy import toy_groups
-from mmdpo.training.reference import model_fingerprint, precompute_reference
 
 TOY_GROUPS = 512
 

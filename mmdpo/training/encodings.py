@@ -12,7 +12,6 @@ from accelerate import Accelerator
 
 from mmdpo.config import Config
 from mmdpo.data.encode_cache import (
-    DTYPES,
     EncodeCache,
     Encoders,
     cache_key,
@@ -20,6 +19,7 @@ from mmdpo.data.encode_cache import (
     text_dtype_name,
     write_cache,
 )
+from mmdpo.precision import DTYPES
 
 
 def build_encode_caches(config: Config, accelerator: Accelerator | None = None) -> list[Path]:

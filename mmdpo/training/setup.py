@@ -13,6 +13,7 @@ from datasets import Dataset
 
 from mmdpo.config import Config, ConfigError, modality
 from mmdpo.objectives import Objective
+from mmdpo.precision import half_dtype
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Setup:
 
 def set_up(config: Config, accelerator: Accelerator, objective: Objective, reference: str) -> Setup:
     """Load the model and the data the config names."""
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
+    half = half_dtype(config.train.mixed_precision)
     kind = modality(config.model)
     if kind == "text_to_image":
         return _set_up_text_to_image(config, reference, half)

@@ -9,8 +9,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from peft import LoraConfig
 
 from mmdpo.adapters.diffusion import denoising_loglik, draw_noise, drop_conditions, noise_latents
+from mmdpo.adapters.reference import adapter_disabled
 from mmdpo.objectives import LogLik, Preferences, get_objective
-from mmdpo.training.reference import adapter_disabled
 
 
 def tiny_unet():

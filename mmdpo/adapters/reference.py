@@ -23,8 +23,6 @@ from datasets import Dataset, load_from_disk
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-ReferenceFn = Callable[[object], Tensor | None]
-
 
 @contextlib.contextmanager
 def adapter_disabled(model: nn.Module) -> Iterator[None]:
