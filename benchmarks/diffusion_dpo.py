@@ -359,14 +359,14 @@ def peer_argv(args, workdir: Path, out: Path) -> list[str]:
 
 
 def run_mmdpo(args, workdir: Path, out: Path) -> None:
+    from mmdpo.adapters.text_to_image import TextToImageAdapter
     from mmdpo.config import load_config
-    from mmdpo.training.encodings import build_encode_caches
     from mmdpo.training.trainer import train
 
     config = load_config(None, mmdpo_overrides(args, workdir, out))
     if args.cache:  # `mmdpo cache` once, before training; its time is not a training step's
         start = time.perf_counter()
-        build_encode_caches(config)
+        TextToImageAdapter.build_cache(config)
         print(f"encode cache: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     train(config)
 

@@ -73,6 +73,7 @@ def make_data(path: Path, n: int, prompt_len: int, completion_len: int) -> None:
 
 def run_mmdpo(args, model_dir: Path, data: Path, out: Path) -> list[float]:
     from mmdpo.config import load_config
+    from mmdpo.training.callbacks import OnLog
     from mmdpo.training.trainer import train
 
     stamps: list[float] = []
@@ -98,7 +99,7 @@ def run_mmdpo(args, model_dir: Path, data: Path, out: Path) -> list[float]:
         ],
     )
     sync(args.device)
-    train(config, on_step=lambda step, metrics: (sync(args.device), stamps.append(time.perf_counter())))
+    train(config, callbacks=[OnLog(lambda step, metrics: (sync(args.device), stamps.append(time.perf_counter())))])
     return stamps
 
 

@@ -155,6 +155,7 @@ class Meter:
 
 def run_mmdpo(args, model_dir: Path, data: Path, out: Path, meter: Meter) -> None:
     from mmdpo.config import load_config
+    from mmdpo.training.callbacks import OnLog
     from mmdpo.training.trainer import train
 
     config = load_config(
@@ -169,7 +170,7 @@ def run_mmdpo(args, model_dir: Path, data: Path, out: Path, meter: Meter) -> Non
         ],
     )  # fmt: skip
     meter.sync()
-    train(config, on_step=lambda step, metrics: meter.step_end(step))
+    train(config, callbacks=[OnLog(lambda step, metrics: meter.step_end(step))])
 
 
 def run_trl(args, model_dir: Path, data: Path, out: Path, meter: Meter) -> None:

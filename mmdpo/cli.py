@@ -26,15 +26,17 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _cache(args: argparse.Namespace) -> None:
-    from mmdpo.config import modality
-    from mmdpo.training.encodings import build_encode_caches
+    from mmdpo.modalities import get_modality
 
     config = load_config(args.config, args.overrides)
-    if modality(config.model) != "text_to_image":
+    modality = get_modality(config.model.modality)
+    adapter = modality.adapter_class()
+    if not hasattr(adapter, "build_cache"):
         raise ConfigError(
-            f"mmdpo cache encodes images for text-to-image models; model.path={config.model.path!r} is not one."
+            f"mmdpo cache writes encode caches, which {modality.plural} do not use; model.path={config.model.path!r} "
+            f"is {modality.singular}."
         )
-    for directory in build_encode_caches(config):
+    for directory in adapter.build_cache(config):
         print(f"encode cache: {directory}")
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from mmdpo.objectives import TOKEN_LEVEL, get_objective
+from mmdpo.objectives import get_objective
 
 
 class ConfigError(ValueError):
@@ -37,69 +36,33 @@ class LoraSection:
 
 
 @dataclass
-class NoisingSection:
-    """Text-to-image: how x_t and the target are drawn (see :mod:`mmdpo.adapters.diffusion`).
-
-    ``forward`` (Diffusion-DPO), ``ddim_inversion`` (InPO: steps 10, eta 0.1) or ``renoise_inversion``
-    (SmPO: steps 10 for SDXL, 5 for SD1.5)."""
-
-    kind: Literal["forward", "ddim_inversion", "renoise_inversion"] = "forward"
-    steps: int = 10
-    eta: float = 0.0
-
-
-@dataclass
 class ModelSection:
-    """What to train. ``path`` is a local directory, a hub id, or ``tiny:<arch>`` (a random model built in memory:
+    """What to train; a modality's adapter adds its own fields (its ``model_section``, see :mod:`mmdpo.modalities`).
+
+    ``path`` is a local directory, a hub id, or ``tiny:<arch>`` (a random model built in memory:
     ``tiny:llama``, ``tiny:qwen2``, ``tiny:mistral``, ``tiny:sd15``, ``tiny:sdxl``, and the vision-language
     ``tiny:llava``, ``tiny:qwen2_vl``, ``tiny:qwen2_5_vl``, ``tiny:idefics3``, ``tiny:paligemma``).
-
-    ``modality`` ``auto`` reads it from the path: a diffusers pipeline (``model_index.json``) is text-to-image, a
-    checkpoint whose ``config.json`` names an image-text-to-text architecture a vision-language model (``vlm``),
-    anything else a causal LM. ``attn_implementation``: any transformers attention for LLMs and VLMs; ``sdpa``
-    (PyTorch's scaled-dot-product attention, the default) or ``xformers`` (the optional extra) for text-to-image
-    UNets. ``guidance_path`` is TGDPO's guidance model (a path like ``path``, same tokenizer), run frozen in the
-    reference's dtype; with ``reference=precomputed`` its values are precomputed too. ``max_length`` to
-    ``guidance_path`` apply to causal LMs, vision-language ones included, only. ``train_vision`` (VLMs only) trains
-    the vision tower and the projector too; by default they are frozen and LoRA adapts the language model only.
-    ``processor`` (VLMs only) holds keyword arguments for ``AutoProcessor.from_pretrained``, e.g.
-    ``{max_pixels: 802816}`` to bound Qwen2-VL's image tokens. The fields after them apply to text-to-image models
-    only (``vae_batch_size``: images per VAE encode; ``channels_last``: the UNet and VAE in channels-last memory
-    format)."""
+    ``modality`` ``auto`` reads it from the path, offline (:func:`mmdpo.modalities.resolve_modality`): a diffusers
+    pipeline names its class in ``model_index.json``, a transformers checkpoint its ``model_type`` in
+    ``config.json``; a loaded config holds the resolved name. ``reference``: ``auto`` is the disabled LoRA adapter
+    with ``lora``, else a frozen copy, else nothing for reference-free objectives."""
 
     path: str = "tiny:llama"
-    modality: Literal["auto", "llm", "vlm", "text_to_image"] = "auto"
+    modality: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     lora: LoraSection | None = None
     reference: Literal["auto", "adapter", "copy", "precomputed", "none"] = "auto"
-    max_length: int = 1024
-    layout: Literal["shared", "concat"] = "shared"
-    logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
-    guidance_path: str | None = None
-    train_vision: bool = False
-    processor: dict[str, Any] = field(default_factory=dict)
-    noising: NoisingSection = field(default_factory=NoisingSection)
-    prompt_dropout: float = 0.0
-    latents: Literal["sample", "mean"] = "sample"
-    vae_path: str | None = None
-    vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    vae_batch_size: int = 8
-    channels_last: bool = False
 
 
 @dataclass
 class DataSection:
-    """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task).
+    """Preference data: a file, a directory, or ``toy`` (the built-in synthetic task of the modality).
 
-    ``resolution``, ``crop`` and ``flip`` (probability of a horizontal flip) are the image transform of
-    text-to-image data, applied identically to every candidate of a group. Held-out groups come from
-    ``eval_path`` / ``eval_split`` when either is set (e.g. Pick-a-Pic's ``test_unique``), else they are a seeded
-    ``eval_fraction`` of the data. ``encode_cache``: ``auto`` trains from
-    the cache that ``mmdpo cache`` wrote for this config when there is one (and encodes on the fly otherwise),
-    ``require`` fails without it, ``off`` never reads it; ``cache_dtype`` is what the cache stores."""
+    Held-out groups come from ``eval_path`` / ``eval_split`` when either is set (e.g. Pick-a-Pic's
+    ``test_unique``), else they are a seeded ``eval_fraction`` of the data. A modality's adapter adds its own fields
+    (its ``data_section``, e.g. the image transform of text-to-image data)."""
 
     path: str = "toy"
     format: str = "auto"
@@ -112,11 +75,6 @@ class DataSection:
     pairs: Literal["none", "all", "best_vs_rest", "adjacent", "best_vs_worst"] = "none"
     cache_dir: str | None = None
     num_workers: int = 2
-    resolution: int = 512
-    crop: Literal["center", "random"] = "center"
-    flip: float = 0.0
-    encode_cache: Literal["auto", "require", "off"] = "auto"
-    cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @property
     def sources(self) -> list[tuple[str, str]]:
@@ -321,152 +279,90 @@ def read_tree(path: str | Path | None, overrides: list[str] | None) -> dict[str,
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply ``key=value`` overrides and validate the whole."""
-    config = build_section(Config, read_tree(path, overrides), "")
-    validate(config)
+    return build_config(read_tree(path, overrides))
+
+
+def build_config(tree: dict[str, Any]) -> Config:
+    """A checked :class:`Config` from a mapping: the modality is resolved once, from ``model.path`` and
+    ``model.modality``, and its adapter's sections read the ``model`` and ``data`` mappings."""
+    from mmdpo.modalities import ModalityError, resolve_modality
+
+    model_tree = tree.get("model") or {}
+    if not isinstance(model_tree, dict):
+        raise ConfigError(f"model must be a mapping, got {model_tree!r}.")
+    try:
+        modality = resolve_modality(str(model_tree.get("path", ModelSection.path)), model_tree.get("modality", "auto"))
+    except ModalityError as err:
+        raise ConfigError(str(err)) from err
+    adapter = modality.adapter_class()
+    sections = {"model": adapter.model_section, "data": adapter.data_section, "objective": ObjectiveSection,
+                "train": TrainSection}  # fmt: skip
+    for name in tree:
+        if name not in sections:
+            raise ConfigError(f"Unknown config key {name}{closest_hint(name, sections)}.")
+    for name in ("model", "data"):
+        _refuse_misplaced(name, tree.get(name) or {}, sections[name], modality, model_tree)
+    config = Config(**{name: build_section(cls, tree.get(name, {}), name) for name, cls in sections.items()})
+    config.model.modality = modality.name
+    validate(config, adapter)
     return config
 
 
-def validate(config: Config) -> None:
-    """Fail on option combinations that cannot work, naming both options."""
+def _refuse_misplaced(where: str, values: Any, section: type, modality, model_tree: dict) -> None:
+    """A key the modality's section lacks but another modality's has: say whose it is."""
+    from mmdpo.modalities import MODALITIES
+
+    if not isinstance(values, dict):
+        return
+    for key in values.keys() - get_type_hints(section).keys():
+        owners = [
+            row.plural for row in MODALITIES.values()
+            if key in get_type_hints(getattr(row.adapter_class(), f"{where}_section"))
+        ]  # fmt: skip
+        if owners:
+            raise ConfigError(
+                f"{where}.{key} applies to {' and '.join(owners)} only, but model.path="
+                f"{model_tree.get('path', ModelSection.path)!r} is {modality.singular}; remove it (or set "
+                "model.modality if the path's kind was not recognised)."
+            )
+
+
+def validate(config: Config, adapter: type | None = None) -> None:
+    """Fail on option combinations that cannot work, naming both options; the modality's adapter checks its own."""
+    from mmdpo.modalities import get_modality
+
+    adapter = adapter or get_modality(config.model.modality).adapter_class()
     try:
         objective = get_objective(config.objective.name, **config.objective.hparams)
         extras = objective.extras  # also checks the options that decide what the adapter computes
     except ValueError as err:
         raise ConfigError(str(err)) from err
     model, train = config.model, config.train
+    kind = get_modality(model.modality)
     if model.reference == "adapter" and model.lora is None:
         raise ConfigError("model.reference=adapter needs model.lora (the reference is the model with its adapter off).")
     if model.reference == "none" and objective.needs_reference:
         raise ConfigError(f"model.reference=none but objective.name={objective.name} needs a reference; pick another.")
+    if model.reference not in ("auto", *adapter.references):
+        raise ConfigError(
+            f"model.reference={model.reference} is not available for {kind.plural}; use "
+            f"{' or '.join(sorted(adapter.references))}."
+        )
+    missing = sorted(extras - adapter.provides)
+    if missing:
+        raise ConfigError(
+            f"objective.name={objective.name} needs {', '.join(missing)}, which {kind.plural} do not provide "
+            f"(model.path={model.path!r}); pick an objective on whole candidates."
+        )
     if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
         raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
     if not 0 <= config.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
-    kind = modality(model)
-    if kind == "text_to_image":
-        _validate_text_to_image(config, objective.name)
-    else:
-        _validate_llm(config, objective.name, extras, kind)
-
-
-def _validate_llm(config: Config, objective: str, extras: frozenset[str], kind: str) -> None:
-    """Causal LMs and vision-language models."""
-    model = config.model
-    if model.reference == "precomputed" and objective == "kto":
+    if train.samples.every is not None and not hasattr(adapter, "generate"):
         raise ConfigError(
-            "model.reference=precomputed cannot serve objective.name=kto (its KL point uses batch-dependent pairs)."
+            f"train.samples writes grids of generated samples, which {kind.plural} do not make here; remove it."
         )
-    if model.reference == "precomputed" and "token_kl" in extras:
-        raise ConfigError(
-            f"model.reference=precomputed cannot serve objective.name={objective}: its per-token KL needs the "
-            "reference's whole distribution at every token, which is not stored; use copy or adapter (with model.lora)."
-        )
-    if "guidance" in extras and model.guidance_path is None:
-        raise ConfigError(
-            f"objective.name={objective} needs model.guidance_path: the guidance model whose per-token log-probs "
-            "weigh each token (e.g. a DPO- or SimPO-trained model with the policy's tokenizer)."
-        )
-    if model.guidance_path is not None and "guidance" not in extras:
-        raise ConfigError(
-            f"model.guidance_path is read by objective tgdpo only, but objective.name={objective}; remove it."
-        )
-    if model.layout == "shared" and model.attn_implementation not in {"sdpa", "eager"}:
-        raise ConfigError(
-            f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
-            f"{model.attn_implementation} does not take; use model.layout=concat."
-        )
-    fields_ = (("model", IMAGE_MODEL_FIELDS), ("data", IMAGE_DATA_FIELDS), ("train", ("samples",)))
-    _refuse_changed(config, fields_, "text-to-image models", KINDS[kind])
-    if kind == "llm":
-        _refuse_changed(config, (("model", VLM_MODEL_FIELDS),), "vision-language models", KINDS[kind])
-    elif model.processor and model.path.startswith("tiny:"):
-        raise ConfigError(
-            f"model.processor configures a processor loaded from a path, but model.path={model.path!r} builds its "
-            "own; remove it or save the tiny model to a directory first."
-        )
-
-
-def _validate_text_to_image(config: Config, objective: str) -> None:
-    model, samples = config.model, config.train.samples
-    if objective in TOKEN_LEVEL:
-        raise ConfigError(
-            f"objective.name={objective} is token-level and needs a causal LM, but model.path={model.path!r} "
-            "is a text-to-image model; pick a sequence-level objective."
-        )
-    if model.reference == "precomputed":
-        raise ConfigError(
-            "model.reference=precomputed needs fixed noise per example, which text-to-image training does not "
-            "use; pick adapter (with model.lora), copy or none."
-        )
-    if not 0 <= model.prompt_dropout < 1:
-        raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
-    for name in ("every", "seeds", "steps"):
-        if getattr(samples, name) is not None and getattr(samples, name) < 1:
-            raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
-    if model.vae_batch_size < 1:
-        raise ConfigError(f"model.vae_batch_size={model.vae_batch_size} must be at least 1.")
-    if model.attn_implementation not in ("sdpa", "xformers"):
-        raise ConfigError(
-            f"model.attn_implementation={model.attn_implementation} is not available for text-to-image UNets; "
-            "use sdpa (the default) or xformers."
-        )
-    _refuse_changed(config, (("model", LLM_MODEL_FIELDS),), "causal LMs", KINDS["text_to_image"])
-    _refuse_changed(config, (("model", VLM_MODEL_FIELDS),), "vision-language models", KINDS["text_to_image"])
-
-
-IMAGE_MODEL_FIELDS = (
-    "noising", "prompt_dropout", "latents", "vae_path", "vae_dtype", "vae_batch_size", "channels_last",
-)  # fmt: skip
-IMAGE_DATA_FIELDS = ("resolution", "crop", "flip", "encode_cache", "cache_dtype")
-LLM_MODEL_FIELDS = ("max_length", "layout", "logprob_chunk", "trust_remote_code", "guidance_path")
-VLM_MODEL_FIELDS = ("train_vision", "processor")
-KINDS = {"llm": "a causal LM", "vlm": "a vision-language model", "text_to_image": "a text-to-image model"}
-
-
-def _refuse_changed(config: Config, fields_: tuple, applies_to: str, kind: str) -> None:
-    """Fail on fields set away from their defaults that the model's kind never reads."""
-    for where, names in fields_:
-        section = getattr(config, where)
-        for name in names:
-            if getattr(section, name) != getattr(type(section)(), name):
-                raise ConfigError(
-                    f"{where}.{name} applies to {applies_to} only, but model.path={config.model.path!r} is {kind}; "
-                    "remove it (or set model.modality if the path's kind was not recognised)."
-                )
-
-
-def modality(model: ModelSection) -> str:
-    """``llm``, ``vlm`` or ``text_to_image``: as configured, or read from the path (a diffusers pipeline has a model
-    index; an image-text-to-text checkpoint names its architecture in ``config.json``)."""
-    if model.modality != "auto":
-        return model.modality
-    path = model.path
-    if path.startswith("tiny:"):
-        from mmdpo.adapters.tiny_vlm import TINY_VLMS
-
-        arch = path.removeprefix("tiny:")
-        return "text_to_image" if arch in ("sd15", "sdxl") else "vlm" if arch in TINY_VLMS else "llm"
-    if Path(path).exists():
-        if (Path(path) / "model_index.json").is_file():
-            return "text_to_image"
-        return "vlm" if _image_text_to_text(Path(path) / "config.json") else "llm"
-    from huggingface_hub import file_exists, hf_hub_download
-
-    try:
-        if file_exists(path, "model_index.json"):
-            return "text_to_image"
-        return "vlm" if _image_text_to_text(Path(hf_hub_download(path, "config.json"))) else "llm"
-    except (OSError, ValueError):  # offline or not a repo id: the loader reports what is wrong with the path
-        return "llm"
-
-
-def _image_text_to_text(config_file: Path) -> bool:
-    """Whether a transformers ``config.json`` names an image-text-to-text architecture."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    if not config_file.is_file():
-        return False
-    return json.loads(config_file.read_text()).get("model_type") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    adapter.check_config(config, objective)
 
 
 def resolved_reference(config: Config) -> str:

@@ -74,12 +74,11 @@ def compare_run(
     Returns the comparison and the base's and the policy's images ``[P, S, 3, R, R]``. ``device``: where the
     models run, by default the GPU when there is one.
     """
-    from diffusers import UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
 
-    from mmdpo.adapters.text_to_image import TextToImageAdapter, load_text_to_image
+    from mmdpo.adapters.text_to_image import ImageMedia, TextToImageAdapter, load_text_to_image
     from mmdpo.config import load_config
-    from mmdpo.training.logs import image_grid
+    from mmdpo.figures import image_grid
 
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
@@ -87,11 +86,9 @@ def compare_run(
     if not final.is_dir():
         raise FileNotFoundError(f"{run_dir} has no final/ output; evaluate a finished run.")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_text_to_image(config.model.path)
-    if config.model.vae_path is not None:
-        model.load_encoders(config.model.vae_path)
-    adapter = TextToImageAdapter(model, reference="none", resolution=config.data.resolution)
-    for module in (model.unet, model.vae, *model.text_encoders):
+    model = load_text_to_image(config.model.path, vae_path=config.model.vae_path)
+    adapter = TextToImageAdapter(model, reference="none", media=ImageMedia(config.data.resolution))
+    for module in (model.denoiser, model.vae, *model.text_encoders):
         module.to(device)
     options = {"steps": steps, "guidance_scale": guidance_scale}
     base = adapter.generate(prompts, seeds, **options)
@@ -103,7 +100,8 @@ def compare_run(
         finally:
             diffusers_logging.set_verbosity(verbosity)
     else:
-        model.unet = UNet2DConditionModel.from_pretrained(final, subfolder="unet").to(device)
+        family = model.family
+        model.denoiser = family.denoiser_class.from_pretrained(final, subfolder=family.denoiser_name).to(device)
     policy = adapter.generate(prompts, seeds, **options)
     comparison = Comparison(list(prompts), list(seeds), score_grid(base, prompts, rewards),
                             score_grid(policy, prompts, rewards))  # fmt: skip

@@ -33,25 +33,40 @@ class Modality:
 
     Args:
         name: the value of ``model.modality``.
-        adapter: ``"module:Class"`` of the :class:`~mmdpo.adapters.base.Adapter`, imported on first use.
-        noun: the models it serves, plural, for messages (``"text-to-image models"``).
-        tiny: the ``tiny:<arch>`` names its adapter builds in memory.
-        pipelines: the diffusers pipeline classes (``_class_name`` of ``model_index.json``) it loads.
+        adapter: the :class:`~mmdpo.adapters.base.Adapter` class, or its ``"module:Class"`` (imported on first use).
+        singular, plural: the models it serves, for messages (``"a text-to-image model"``, ``"text-to-image models"``).
+        tiny: the ``tiny:<arch>`` names its adapter builds in memory; None reads them from the adapter's model
+            ``families`` (each family's ``name``), so a new family needs no edit here.
+        pipelines: the diffusers pipeline classes (``_class_name`` of ``model_index.json``) it loads; None reads them
+            from the adapter's ``families`` too.
         model_types: a test of a transformers ``config.json``'s ``model_type`` (None: not a transformers modality).
         default: the modality of a transformers checkpoint no other entry claims.
     """
 
     name: str
-    adapter: str
-    noun: str
-    tiny: tuple[str, ...] = ()
-    pipelines: tuple[str, ...] = ()
+    adapter: str | type
+    singular: str
+    plural: str
+    tiny: tuple[str, ...] | None = ()
+    pipelines: tuple[str, ...] | None = ()
     model_types: Callable[[str], bool] | None = None
     default: bool = False
 
     def adapter_class(self) -> type[Adapter]:
+        if not isinstance(self.adapter, str):
+            return self.adapter
         module, _, name = self.adapter.partition(":")
         return getattr(importlib.import_module(module), name)
+
+    def tiny_names(self) -> tuple[str, ...]:
+        if self.tiny is not None:
+            return self.tiny
+        return tuple(family.name for family in self.adapter_class().families)
+
+    def pipeline_names(self) -> tuple[str, ...]:
+        if self.pipelines is not None:
+            return self.pipelines
+        return tuple(name for family in self.adapter_class().families for name in family.pipelines)
 
 
 def _image_text_to_text(model_type: str) -> bool:
@@ -69,21 +84,22 @@ def register_modality(modality: Modality) -> Modality:
     return modality
 
 
-for _row in (
+for row in (
     Modality(
-        "llm", "mmdpo.adapters.llm:LLMAdapter", "causal LMs", tiny=("llama", "qwen2", "mistral"),
+        "llm", "mmdpo.adapters.llm:LLMAdapter", "a causal LM", "causal LMs", tiny=("llama", "qwen2", "mistral"),
         model_types=lambda model_type: not _image_text_to_text(model_type), default=True,
     ),
     Modality(
-        "vlm", "mmdpo.adapters.vlm:VLMAdapter", "vision-language models",
+        "vlm", "mmdpo.adapters.vlm:VLMAdapter", "a vision-language model", "vision-language models",
         tiny=("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma"), model_types=_image_text_to_text,
     ),
     Modality(
-        "text_to_image", "mmdpo.adapters.text_to_image:TextToImageAdapter", "text-to-image models",
-        tiny=("sd15", "sdxl"), pipelines=("StableDiffusionPipeline", "StableDiffusionXLPipeline"),
+        "text_to_image", "mmdpo.adapters.text_to_image:TextToImageAdapter", "a text-to-image model",
+        "text-to-image models",
+        tiny=None, pipelines=None,
     ),
 ):  # fmt: skip
-    register_modality(_row)
+    register_modality(row)
 
 
 def get_modality(name: str) -> Modality:
@@ -99,15 +115,15 @@ def resolve_modality(path: str, modality: str = "auto") -> Modality:
     if path.startswith("tiny:"):
         arch = path.removeprefix("tiny:")
         for row in MODALITIES.values():
-            if arch in row.tiny:
+            if arch in row.tiny_names():
                 return row
-        known = ", ".join(f"tiny:{a}" for row in MODALITIES.values() for a in row.tiny)
+        known = ", ".join(f"tiny:{a}" for row in MODALITIES.values() for a in row.tiny_names())
         raise ModalityError(f"model.path={path!r} names no tiny model; known: {known}.")
     index, config = _local_file(path, "model_index.json"), _local_file(path, "config.json")
     if index is not None:
         pipeline = json.loads(index.read_text()).get("_class_name")
         for row in MODALITIES.values():
-            if pipeline in row.pipelines:
+            if pipeline in row.pipeline_names():
                 return row
         raise ModalityError(
             f"model.path={path!r} is a {pipeline} pipeline, which no modality loads; set model.modality to one of "

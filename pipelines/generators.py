@@ -34,13 +34,13 @@ def load_pipeline(section: GeneratorSection, device: torch.device) -> Any:
     """The diffusers pipeline of a generator, on ``device`` in its dtype, with its scheduler and no progress bar.
 
     Hub ids and directories load through ``AutoPipelineForText2Image`` (SD1.5, SDXL, SD3, PixArt, ...);
-    ``tiny:sd15`` and ``tiny:sdxl`` are the random tiny models of :mod:`mmdpo.adapters.tiny`.
+    ``tiny:sd15`` and ``tiny:sdxl`` are the random tiny models of :mod:`mmdpo.adapters.latent_diffusion.families`.
     """
-    from mmdpo.adapters.text_to_image import TextToImageAdapter, load_text_to_image
+    from mmdpo.adapters.text_to_image import load_text_to_image
 
     dtype = DTYPES[section.dtype]
     if section.path.startswith("tiny:"):
-        pipe = TextToImageAdapter(load_text_to_image(section.path), reference="none").pipeline().to(dtype=dtype)
+        pipe = load_text_to_image(section.path).pipeline().to(dtype=dtype)
     else:
         try:
             pipe = diffusers.AutoPipelineForText2Image.from_pretrained(section.path, dtype=dtype)

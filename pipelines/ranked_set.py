@@ -39,10 +39,10 @@ from datasets.arrow_writer import get_writer_batch_size_from_data_size
 from torch import Tensor
 
 from mmdpo.data.images import decode_image
+from mmdpo.figures import image_grid
 from mmdpo.pipelines.config import RewardSection
 from mmdpo.precision import DTYPES
 from mmdpo.rewards import Reward, aggregate, dense_ranks, load_reward
-from mmdpo.training.logs import image_grid
 
 DATA_DIR = "data"
 META_FILE = "synth.yaml"

@@ -27,8 +27,8 @@ from datasets import Features, Image, List, Value
 from tqdm.auto import tqdm
 
 from mmdpo.config import ConfigError
-from mmdpo.data.images import _image_ref, decode_image
-from mmdpo.data.loaders import BadRow, _data_files
+from mmdpo.data.images import decode_image, stored_image
+from mmdpo.data.loaders import BadRow, data_files
 from mmdpo.pipelines.config import RewardSection, ScoreConfig
 from mmdpo.pipelines.ranked_set import (
     RANKS,
@@ -63,7 +63,7 @@ def parquet_files(source: Path) -> tuple[Path, list[Path]]:
     """The folder of a set and its Parquet files (every split)."""
     if source.is_file():
         return source.parent, [source]
-    files = sorted({Path(f) for split in _data_files(source).values() for f in split})
+    files = sorted({Path(f) for split in data_files(source).values() for f in split})
     others = [f.name for f in files if f.suffix != ".parquet"]
     if others:
         raise ConfigError(f"{source} holds {others[0]}; mmdpo score rewrites Parquet sets, so convert it first.")
@@ -99,7 +99,7 @@ def _candidates(batch: pa.RecordBatch, base: Path, where: str) -> tuple[list[str
     groups = []
     for images in batch.column("images").to_pylist():
         try:
-            groups.append([_image_ref(image, f"images[{i}]", base) for i, image in enumerate(images or [])])
+            groups.append([stored_image(image, f"images[{i}]", base) for i, image in enumerate(images or [])])
         except BadRow as err:
             raise ValueError(f"{where}: {err}; fix or remove the row.") from None
         if len(groups[-1]) < 2:

@@ -38,15 +38,15 @@ def test_training_flops_per_pair():
 
 
 def test_the_tiny_pipeline_loads_in_mmdpo_and_its_conditions_fit_the_unet(tmp_path):
-    from mmdpo.adapters.text_to_image import encode_prompts, load_text_to_image, tokenize_prompts
+    from mmdpo.adapters.text_to_image import load_text_to_image
 
     bench.build_pipeline("tiny", tmp_path / "model")
     model = load_text_to_image(str(tmp_path / "model"))
-    assert model.sdxl and len(model.text_encoders) == 2
-    conditions = encode_prompts(model.text_encoders, tokenize_prompts(model.tokenizers, ["a red cat"]))
+    assert model.family.name == "sdxl" and len(model.text_encoders) == 2
+    conditions = model.encode_prompts(["a red cat"])
     side = bench.SIZES["tiny"]["resolution"] // 8
     added = {"text_embeds": conditions["text_embeds"], "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
-    out = model.unet(
+    out = model.denoiser(
         torch.randn(1, 4, side, side), torch.tensor([10]), conditions["encoder_hidden_states"], added_cond_kwargs=added
     ).sample
     assert out.shape == (1, 4, side, side)

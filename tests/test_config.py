@@ -89,12 +89,12 @@ def test_yaml_booleans_read_as_the_words_they_were():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.path=tiny:sdxl", "model.max_length=7"], "model.max_length applies to causal LMs only"),
-        (["model.path=tiny:sd15", "model.layout=concat"], "model.layout applies to causal LMs only"),
+        (["model.path=tiny:sdxl", "model.max_length=7"], "model.max_length applies to causal LMs and vision-language"),
+        (["model.path=tiny:sd15", "model.layout=concat"], "model.layout applies to causal LMs and vision-language"),
         (["model.path=tiny:sd15", "model.attn_implementation=eager"], r"use sdpa \(the default\) or xformers"),
         (["model.path=tiny:sd15", "model.vae_batch_size=0"], "model.vae_batch_size=0 must be at least 1"),
         (["model.path=tiny:llama", "model.channels_last=true"], "model.channels_last applies to text-to-image"),
-        (["model.path=tiny:llama", "train.samples.every=5"], "train.samples applies to text-to-image"),
+        (["model.path=tiny:llama", "train.samples.every=5"], "train.samples writes grids of generated samples"),
     ],
 )
 def test_fields_of_another_model_kind_are_refused(overrides, message):

@@ -30,13 +30,34 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mmdpo.adapters.base import AdapterData, BuildContext, ReferencePass
 from mmdpo.adapters.logprobs import selected_logprobs
 from mmdpo.adapters.reference import adapter_disabled, frozen_copy
 from mmdpo.adapters.token_level import TokenMask, base_head, layer_outputs
+from mmdpo.config import ConfigError, DataSection, ModelSection
+from mmdpo.data.schema import preferences
 from mmdpo.objectives import LogLik, Preferences
 from mmdpo.precision import DTYPES
 
 Layout = Literal["shared", "concat"]
+
+
+@dataclass
+class TokenModelSection(ModelSection):
+    """The ``model`` section of causal LMs (vision-language ones included).
+
+    ``attn_implementation``: any transformers attention. ``max_length`` bounds prompt + completion (completions are
+    cut; a prompt that leaves no room is a bad row); ``layout`` ``shared`` runs the prompt once per group with a
+    block mask (needs ``sdpa`` or ``eager``), ``concat`` runs K rows as TRL does; ``logprob_chunk`` is how many
+    positions the output layer scores at a time. ``guidance_path`` is TGDPO's guidance model (a path like ``path``,
+    same tokenizer), run frozen in the reference's dtype; with ``reference=precomputed`` its values are precomputed
+    too."""
+
+    max_length: int = 1024
+    layout: Layout = "shared"
+    logprob_chunk: int = 1024
+    trust_remote_code: bool = False
+    guidance_path: str | None = None
 
 
 class RowError(ValueError):
@@ -185,19 +206,6 @@ class LLMBatch:
         return type(self)(**moved)
 
 
-def _labels(rows: Sequence[dict[str, Any]]) -> Preferences:
-    def column(name: str, dtype: torch.dtype) -> Tensor | None:
-        if rows[0].get(name) is None:
-            return None
-        return torch.tensor([row[name] for row in rows], dtype=dtype)
-
-    return Preferences(
-        ranks=column("ranks", torch.long),
-        scores=column("scores", torch.float32),
-        desirable=column("desirable", torch.bool),
-    )
-
-
 def _pad(sequences: list[list[int]], value: int) -> Tensor:
     width = max((len(s) for s in sequences), default=0)
     return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long).reshape(
@@ -293,7 +301,7 @@ def collate(
         target_ids=t_ids[t_mask],
         scatter_index=t_mask.flatten().nonzero().squeeze(-1),
         target_mask=t_mask,
-        prefs=_labels(rows),
+        prefs=preferences(rows),
         step_index=per_token(steps, torch.long),
         reference_values=per_token(stored("reference_logps"), torch.float32),
         guidance_values=per_token(stored("guidance_logps"), torch.float32),
@@ -489,6 +497,8 @@ REFERENCE_STATES = {
     "mask_d": "layers",
 }
 """The reference state (a scorer ``capture``) each extra needs."""
+TOY_GROUPS = 512
+"""Groups of the built-in toy task (``data.path=toy``)."""
 
 
 
@@ -521,6 +531,10 @@ class LLMAdapter:
 
     scorer_class: type[CausalLMScorer] = CausalLMScorer
     """What wraps the policy, the frozen copy and the guidance model."""
+    model_section = TokenModelSection
+    data_section = DataSection
+    references = frozenset({"adapter", "copy", "precomputed", "none"})
+    provides = frozenset({*REFERENCE_STATES, "wpo_logp", "mismatched", "guidance", "step_index"})
 
     def __init__(
         self,
@@ -580,16 +594,52 @@ class LLMAdapter:
         return "all-linear"
 
     @classmethod
-    def from_config(
+    def check_config(cls, config, objective) -> None:
+        """What only token models check: the reference strategies their extras allow, the guidance model, the
+        attention the layout needs."""
+        model, name, extras = config.model, objective.name, objective.extras
+        if model.reference == "precomputed" and "mismatched" in extras:
+            raise ConfigError(
+                f"model.reference=precomputed cannot serve objective.name={name} (its KL point uses batch-dependent "
+                "pairs); use copy or adapter (with model.lora)."
+            )
+        if model.reference == "precomputed" and "token_kl" in extras:
+            raise ConfigError(
+                f"model.reference=precomputed cannot serve objective.name={name}: its per-token KL needs the "
+                "reference's whole distribution at every token, which is not stored; use copy or adapter (with "
+                "model.lora)."
+            )
+        if "guidance" in extras and model.guidance_path is None:
+            raise ConfigError(
+                f"objective.name={name} needs model.guidance_path: the guidance model whose per-token log-probs "
+                "weigh each token (e.g. a DPO- or SimPO-trained model with the policy's tokenizer)."
+            )
+        if model.guidance_path is not None and "guidance" not in extras:
+            raise ConfigError(
+                f"model.guidance_path is read by objective tgdpo only, but objective.name={name}; remove it."
+            )
+        if model.layout == "shared" and model.attn_implementation not in {"sdpa", "eager"}:
+            raise ConfigError(
+                f"model.layout=shared needs a 4-D attention mask, which model.attn_implementation="
+                f"{model.attn_implementation} does not take; use model.layout=concat."
+            )
+
+    @classmethod
+    def from_config(cls, config, context: BuildContext) -> LLMAdapter:
+        """The adapter of a run: its ``model`` section, the objective's extras, the resolved reference strategy."""
+        return cls.from_section(config.model, context.reference, context.objective.extras, context.half)
+
+    @classmethod
+    def from_section(
         cls,
-        section,
+        section: TokenModelSection,
         reference: str,
         extras: frozenset[str] = frozenset(),
         reference_dtype: torch.dtype | None = None,
         **options: Any,
     ) -> LLMAdapter:
-        """Load the model named by a :class:`~mmdpo.config.ModelSection` and wrap it (LoRA when configured), plus
-        the guidance model when the objective asks for one; ``options`` go to the constructor."""
+        """Load the model a ``model`` section names and wrap it (LoRA when configured), plus the guidance model when
+        the objective asks for one; ``options`` go to the constructor."""
         model, tokenizer = cls.load(section.path, section)
         guidance = None
         if "guidance" in extras:
@@ -631,6 +681,24 @@ class LLMAdapter:
             **options,
         )
 
+    def data(self, config, accelerator) -> AdapterData:
+        """Tokenised groups of the ``data`` section (:func:`mmdpo.adapters.token_data.token_datasets`)."""
+        from mmdpo.adapters.token_data import token_datasets
+
+        train, evaluation, skipped = token_datasets(config, self, accelerator)
+        return AdapterData(train, evaluation, skipped, lambda rows, epoch: self.collate(rows))
+
+    def load_source(self, path: str, split: str, config) -> Any:
+        """The text groups of one source (:func:`mmdpo.data.loaders.load_groups`); ``toy`` is the built-in vowel
+        task."""
+        from mmdpo.data.loaders import load_groups
+        from mmdpo.data.toy import toy_groups
+
+        data = config.data
+        options = {"format": data.format, "split": split, "ties": data.ties, "bad_rows": data.bad_rows}
+        return load_groups(toy_groups(TOY_GROUPS, config.train.seed) if path == "toy" else path, **options,
+                           pairs=data.pairs)  # fmt: skip
+
     @property
     def attention(self) -> str:
         return self.scorer.causal_lm.config.get_text_config()._attn_implementation
@@ -643,32 +711,33 @@ class LLMAdapter:
     def tokenize(self, row: dict[str, Any]) -> dict[str, Any]:
         return tokenize_group(row, self.tokenizer, self.max_length)
 
-    def collate(self, rows: Sequence[dict[str, Any]], mismatched: bool = False) -> LLMBatch:
+    def collate(self, rows: Sequence[dict[str, Any]]) -> LLMBatch:
+        """A batch of tokenised groups, with KTO's mismatched pairs when the objective reads them."""
         return collate(
             rows,
             pad_token_id=self.tokenizer.pad_token_id,
             layout=self.layout,
-            mismatched=mismatched,
+            mismatched="mismatched" in self.extras,
             attention=self.attention,
         )
 
     def inputs(self, batch: LLMBatch) -> dict[str, Any]:
-        """The forward inputs of a batch (token scoring draws no randomness).
-
-        :meth:`reference_loglik` adds what the reference pass leaves for the policy pass (its hidden states
-        and output layer for ``token_kl``, its layer states for learned masks).
-        """
+        """The forward inputs of a batch (token scoring draws no randomness)."""
         return batch.model_inputs()
 
-    def policy_loglik(self, scorer: nn.Module, batch: LLMBatch, inputs: dict[str, Any]) -> LogLik:
-        """Per-token policy log-probs through ``scorer`` (the prepared, possibly wrapped, :attr:`scorer`)."""
+    def policy_loglik(
+        self, scorer: nn.Module, batch: LLMBatch, inputs: dict[str, Any], reference: ReferencePass
+    ) -> LogLik:
+        """Per-token policy log-probs through ``scorer`` (the prepared, possibly wrapped, :attr:`scorer`), given
+        what the reference pass left for it (its hidden states and output layer for ``token_kl``, its layer states
+        for learned masks)."""
         capture = ("wpo_logp",) if "wpo_logp" in self.extras else ()
-        return to_loglik(scorer(**inputs, capture=capture), batch)
+        return to_loglik(scorer(**inputs, **reference.for_policy, capture=capture), batch)
 
-    def reference_loglik(self, batch: LLMBatch, inputs: dict[str, Any]) -> LogLik | None:
+    def reference(self, batch: LLMBatch, inputs: dict[str, Any]) -> ReferencePass:
         """Reference per-token log-probs of a batch (plus the guidance model's), or None when reference-free."""
         if self.reference_kind == "none":
-            return None
+            return ReferencePass(None)
         guidance = {}
         if "guidance" in self.extras:
             if batch.guidance_values is not None:
@@ -679,7 +748,7 @@ class LLMAdapter:
         if self.reference_kind == "precomputed":
             if batch.reference_values is None:
                 raise ValueError("model.reference=precomputed but the batch carries no reference_logps.")
-            return to_loglik({"values": batch.reference_values, **guidance}, batch)
+            return ReferencePass(to_loglik({"values": batch.reference_values, **guidance}, batch))
         capture = self.reference_capture
         with torch.no_grad():
             if self.reference_kind == "adapter":
@@ -689,11 +758,12 @@ class LLMAdapter:
             else:
                 scores = self.reference_scorer(**inputs, capture=capture)
                 head = self.reference_scorer.causal_lm.get_output_embeddings()
+        for_policy = {}
         if "hidden" in scores:
-            inputs.update(reference_hidden=scores.pop("hidden"), reference_head=head)
+            for_policy.update(reference_hidden=scores.pop("hidden"), reference_head=head)
         if "layers" in scores:
-            inputs["reference_layers"] = scores.pop("layers")
-        return to_loglik({**scores, **guidance}, batch)
+            for_policy["reference_layers"] = scores.pop("layers")
+        return ReferencePass(to_loglik({**scores, **guidance}, batch), for_policy)
 
     def cache_key(self, dataset) -> dict[str, Any]:
         """What precomputed reference values of ``dataset`` depend on beyond the data and the weights."""

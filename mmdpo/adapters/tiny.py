@@ -77,7 +77,7 @@ def tiny_causal_lm(
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
-# --- text-to-image ---------------------------------------------------------------------------------
+# --- latent-diffusion parts (assembled by mmdpo.adapters.latent_diffusion.families) ---------------
 
 
 def tiny_clip_tokenizer(model_max_length: int = 77):
@@ -91,60 +91,48 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def tiny_text_to_image(kind: str = "sd15", seed: int = 0) -> dict[str, Any]:
-    """Random SD1.5-like (``sd15``) or SDXL-like (``sdxl``) components, the diffusers test-suite sizes.
+def tiny_clip_config(tokenizer, hidden_size: int):
+    """A two-layer CLIP text config over ``tokenizer``'s vocabulary (the diffusers test-suite sizes)."""
+    from transformers import CLIPTextConfig
 
-    Returns ``unet``, ``vae``, ``text_encoders``, ``tokenizers`` and ``scheduler``; the SDXL variant has
-    two text encoders (the second with a projection) and ``text_time`` micro-conditioning.
-    """
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    if kind not in ("sd15", "sdxl"):
-        raise ValueError(f"Unknown tiny text-to-image model {kind!r}; choose tiny:sd15 or tiny:sdxl.")
-    torch.manual_seed(seed)
-    tokenizer = tiny_clip_tokenizer()
-    hidden = 8 if kind == "sd15" else 32
-    text_config = CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=len(tokenizer), hidden_size=hidden,
-        intermediate_size=2 * hidden, num_attention_heads=2, num_hidden_layers=2, projection_dim=hidden,
+    return CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=len(tokenizer), hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size, num_attention_heads=2, num_hidden_layers=2, projection_dim=hidden_size,
         max_position_embeddings=tokenizer.model_max_length,
     )  # fmt: skip
-    blocks = {
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-    }
-    if kind == "sd15":
-        text_encoders = [CLIPTextModel(text_config)]
-        unet = UNet2DConditionModel(
-            block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            cross_attention_dim=hidden, norm_num_groups=2, attention_head_dim=2, **blocks,
-        )  # fmt: skip
-    else:
-        text_encoders = [CLIPTextModel(text_config), CLIPTextModelWithProjection(text_config)]
-        unet = UNet2DConditionModel(
-            block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            cross_attention_dim=2 * hidden, norm_num_groups=2, attention_head_dim=(2, 4), use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + hidden, **blocks,
-        )  # fmt: skip
-    vae = AutoencoderKL(
+
+
+def tiny_unet(**config: Any):
+    """A two-level ``UNet2DConditionModel`` on 4-channel latents, cross-attention in the lower level; ``config``
+    adds the conditioning (``cross_attention_dim``, ``attention_head_dim``, ...)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        norm_num_groups=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **config,
+    )  # fmt: skip
+
+
+def tiny_vae():
+    """A two-level ``AutoencoderKL`` from RGB to 4 latent channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
     )  # fmt: skip
-    scheduler = DDPMScheduler(
+
+
+def tiny_ddpm_scheduler():
+    """The DDPM training schedule SD1.5 and SDXL ship (scaled linear betas, epsilon prediction)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
         beta_end=0.012,
         clip_sample=False,
         prediction_type="epsilon",
-        steps_offset=1,  # as SD1.5 and SDXL ship it
+        steps_offset=1,
     )
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoders": text_encoders,
-        "tokenizers": [tokenizer] * len(text_encoders),
-        "scheduler": scheduler,
-    }

@@ -38,13 +38,16 @@ from transformers import PreTrainedModel, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmdpo.adapters.llm import (
+    TOY_GROUPS,
     CausalLMScorer,
     LLMAdapter,
     LLMBatch,
     RowError,
+    TokenModelSection,
     load_pretrained,
     tokenize_group,
 )
+from mmdpo.config import ConfigError
 from mmdpo.data.images import ImageError, decode_image
 from mmdpo.precision import DTYPES
 
@@ -54,6 +57,17 @@ ANSWER_TOKEN_TYPES = {("paligemma", "token_type_ids"): 1}
 """Per-token values of answer tokens where they are not 0: PaliGemma's suffix."""
 PREFIX_LM = {"paligemma"}
 """Families whose prompt attends bidirectionally; their position ids also start at 1."""
+
+
+@dataclass
+class VLMModelSection(TokenModelSection):
+    """The ``model`` section of vision-language models: a causal LM's, plus ``train_vision`` (train the vision tower
+    and the projector too; by default they are frozen and LoRA adapts the language model only) and ``processor``
+    (keyword arguments for ``AutoProcessor.from_pretrained``, e.g. ``{max_pixels: 802816}`` to bound Qwen2-VL's
+    image tokens)."""
+
+    train_vision: bool = False
+    processor: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -192,6 +206,7 @@ class VLMAdapter(LLMAdapter):
     """
 
     scorer_class = VLMScorer
+    model_section = VLMModelSection
 
     def __init__(self, model: nn.Module, processor: ProcessorMixin, *, train_vision: bool = False, **kwargs: Any):
         super().__init__(model, processor.tokenizer, **kwargs)
@@ -223,10 +238,29 @@ class VLMAdapter(LLMAdapter):
         return "all-linear" if section.train_vision else language_linear_layers(model)
 
     @classmethod
-    def from_config(
+    def check_config(cls, config, objective) -> None:
+        super().check_config(config, objective)
+        if config.model.processor and config.model.path.startswith("tiny:"):
+            raise ConfigError(
+                f"model.processor configures a processor loaded from a path, but model.path={config.model.path!r} "
+                "builds its own; remove it or save the tiny model to a directory first."
+            )
+
+    @classmethod
+    def from_section(
         cls, section, reference: str, extras: frozenset[str] = frozenset(), reference_dtype: torch.dtype | None = None
     ) -> VLMAdapter:
-        return super().from_config(section, reference, extras, reference_dtype, train_vision=section.train_vision)
+        return super().from_section(section, reference, extras, reference_dtype, train_vision=section.train_vision)
+
+    def load_source(self, path: str, split: str, config) -> Any:
+        """Image + question groups of one source (:func:`mmdpo.data.vlm.load_vlm_groups`); ``toy`` is the built-in
+        colour task."""
+        from mmdpo.data.vlm import colour_pairs, load_vlm_groups
+
+        data = config.data
+        options = {"format": data.format, "split": split, "ties": data.ties, "bad_rows": data.bad_rows}
+        source = colour_pairs(TOY_GROUPS, config.train.seed) if path == "toy" else path
+        return load_vlm_groups(source, **options, pairs=data.pairs)
 
     # --- tokenisation ------------------------------------------------------------------------------
 
@@ -293,9 +327,9 @@ class VLMAdapter(LLMAdapter):
 
     # --- collation ---------------------------------------------------------------------------------
 
-    def collate(self, rows: Sequence[dict[str, Any]], mismatched: bool = False) -> VLMBatch:
+    def collate(self, rows: Sequence[dict[str, Any]]) -> VLMBatch:
         """The causal-LM batch of the rows' token ids plus their images, each processed once per group."""
-        batch = super().collate(rows, mismatched)
+        batch = super().collate(rows)
         images = [decode_images(row) for row in rows]
         processed = self._process([row["prompt_text"] for row in rows], images, rows[0]["prompt_special"])
         lengths = processed["attention_mask"].sum(-1).tolist()

@@ -1,4 +1,4 @@
-"""The encode cache: each image's VAE posterior and each prompt's text embeddings, computed once.
+"""The encode cache: each candidate's VAE posterior and each prompt's text conditions, computed once.
 
     mmdpo cache configs/sdxl/diffusion_dpo_lora.yaml     # writes <data.cache_dir>/encodings-<key>/
     mmdpo train configs/sdxl/diffusion_dpo_lora.yaml     # finds it and never loads the VAE or the text encoders
@@ -7,20 +7,21 @@ A cache is self-contained training data for one source (``data.path``, and the h
 see :attr:`~mmdpo.config.DataSection.sources`):
 
     meta.json                  the key (what the encodings depend on), counts, label kind, rows skipped on loading
-    groups.parquet             the groups without their images: prompt, labels, row_index, prompt_index
-    prompts-NNNNN.safetensors  encoder_hidden_states [n, L, D] (SDXL: + text_embeds [n, P]) of each unique prompt
-    latents-NNNNN.safetensors  latent_mean [n, K, C, h, w] (+ latent_std when latents are sampled), time_ids [n, 6]
+    groups.parquet             the groups without their media: prompt, labels, row_index, prompt_index
+    prompts-NNNNN.safetensors  the conditions of each unique prompt (encoder_hidden_states [n, L, D], SDXL's
+                               text_embeds [n, P])
+    latents-NNNNN.safetensors  latent_mean [n, K, C, ...] (+ latent_std when latents are sampled) and the conditions
+                               read from each group's media (SDXL: time_ids [n, 6])
     empty_prompt.safetensors   the encoded empty prompt, for prompt dropout
     complete                   written last
 
 Every prompt is encoded once however many groups share it. Latents are stored as posterior moments so training
-still draws a fresh posterior sample per step (``model.latents=sample``), from the same generator draws as
-training from images; a group's crop and flip are those of the first epoch. Shards are written under a temporary
-name and renamed, so a killed run restarts at the first missing shard; under ``accelerate launch`` each process
-writes every N-th shard.
+still draws a fresh posterior sample per step, from the same generator draws as training from media; a group's
+transform (crop, flip) is that of the first epoch. Shards are written under a temporary name and renamed, so a
+killed run restarts at the first missing shard; under ``accelerate launch`` each process writes every N-th shard.
 
-The key holds the VAE and text encoders' files (path, size and time; a hub id by name), the data files and loader
-options, the transform, the latent kind and the dtypes, so a cache is never used for another setting.
+What a cache holds is decided by the adapter that writes and reads it: it gives the :class:`Encoders` and the key
+(:func:`cache_directory`), and builds its batches from :meth:`EncodeCache.rows`.
 """
 
 from __future__ import annotations
@@ -42,10 +43,8 @@ from tqdm.auto import tqdm
 
 from mmdpo.data.loaders import GroupSet
 from mmdpo.data.schema import CANDIDATES, PROMPT
-from mmdpo.precision import half_name
 
-VERSION = 1
-ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+VERSION = 2
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -58,41 +57,18 @@ def _files_identity(path: Path, parts: Sequence[str] = ()) -> list[tuple[str, in
 
 
 def identity(path: str, parts: Sequence[str] = ()) -> Any:
-    """What a local file or directory is (relative names, sizes and modification times), or a hub id's name."""
+    """What a local file or directory (or only its ``parts``) is: relative names, sizes and modification times; a
+    hub id or a ``tiny:`` name is its name."""
     local = Path(path).expanduser()
     if path.startswith("tiny:") or not local.exists():
         return path
     return [str(local.resolve()), _files_identity(local.resolve(), parts)]
 
 
-def cache_key(config, source: tuple[str, str]) -> dict[str, Any]:
-    """Everything the encodings of ``source`` (path, split) depend on under ``config`` (a ``Config``)."""
-    model, data = config.model, config.data
-    path, split = source
-    return {
-        "version": VERSION,
-        "encoders": identity(model.path, ENCODER_PARTS),
-        "vae_path": None if model.vae_path is None else identity(model.vae_path),
-        "data": identity(path),
-        "loader": {"split": split, **{k: getattr(data, k) for k in ("format", "ties", "bad_rows", "pairs")}},
-        "transform": {"resolution": data.resolution, "crop": data.crop, "flip": data.flip, "seed": config.train.seed},
-        "latents": model.latents,
-        "dtypes": {"vae": model.vae_dtype, "text": text_dtype_name(config), "cache": data.cache_dtype},
-    }
-
-
-def text_dtype_name(config) -> str:
-    """The text encoders run in the mixed-precision dtype, if any."""
-    return half_name(config.train.mixed_precision)
-
-
-def cache_root(config) -> Path:
-    return Path(config.data.cache_dir or Path(config.train.output_dir) / "cache")
-
-
-def cache_path(config, source: tuple[str, str]) -> Path:
-    digest = hashlib.sha256(json.dumps(cache_key(config, source), sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root(config) / f"encodings-{digest}"
+def cache_directory(root: str | Path, key: dict[str, Any]) -> Path:
+    """Where the cache of ``key`` (everything its encodings depend on) lives under ``root``."""
+    digest = hashlib.sha256(json.dumps({"version": VERSION, **key}, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / f"encodings-{digest}"
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -110,11 +86,20 @@ def _write_atomically(tensors: dict[str, Tensor], path: Path) -> None:
 
 @dataclass
 class Encoders:
-    """What writing a cache needs: encode prompts, encode images (moments), and collate rows to pixels."""
+    """What writing a cache needs.
+
+    Args:
+        encode_prompts: prompts -> their conditions ``[n, ...]`` by name.
+        encode_media: candidates ``[N, ...]`` -> posterior (mean, std) ``[N, C, ...]``.
+        collate: rows (with ``row_index``) -> their candidates ``[n, K, ...]`` and conditions ``[n, ...]`` by name
+            read from each group's media.
+        sample: keep the std (latents are sampled in training).
+        dtype: what the cache stores.
+    """
 
     encode_prompts: Callable[[list[str]], dict[str, Tensor]]
-    encode_images: Callable[[Tensor], tuple[Tensor, Tensor]]
-    collate: Callable[[list[dict]], Any]
+    encode_media: Callable[[Tensor], tuple[Tensor, Tensor]]
+    collate: Callable[[list[dict]], tuple[Tensor, dict[str, Tensor]]]
     sample: bool
     dtype: torch.dtype
 
@@ -180,10 +165,10 @@ def write_cache(
 
 
 def _encode_rows(rows: Dataset, first_index: int, encoders: Encoders) -> dict[str, Tensor]:
-    batch = encoders.collate([{**row, "row_index": first_index + i} for i, row in enumerate(rows)])
-    b, k = batch.pixels.shape[:2]
-    mean, std = encoders.encode_images(batch.pixels.flatten(0, 1))
-    out = {"latent_mean": mean.view(b, k, *mean.shape[1:]).cpu(), "time_ids": batch.time_ids}
+    media, conditions = encoders.collate([{**row, "row_index": first_index + i} for i, row in enumerate(rows)])
+    b, k = media.shape[:2]
+    mean, std = encoders.encode_media(media.flatten(0, 1))
+    out = {"latent_mean": mean.view(b, k, *mean.shape[1:]).cpu(), **conditions}
     if encoders.sample:
         out["latent_std"] = std.view(b, k, *std.shape[1:]).cpu()
     return out
@@ -193,7 +178,7 @@ def _encode_rows(rows: Dataset, first_index: int, encoders: Encoders) -> dict[st
 
 
 class EncodeCache:
-    """A complete cache directory: its groups (labels and indices, no images) and batches of its encodings.
+    """A complete cache directory: its groups (labels and indices, no media) and rows of its encodings.
 
     Shard files open lazily in each process (data loader workers included), memory-mapped by safetensors.
     """
@@ -216,18 +201,18 @@ class EncodeCache:
         return GroupSet(dataset, self.meta["format"], False, self.meta["label"], self.meta["skipped"])
 
     def empty_prompt(self) -> dict[str, Tensor]:
-        return self._load_all(self.directory / "empty_prompt.safetensors")
+        """The conditions of the empty prompt, ``[1, ...]`` by name, in float32."""
+        handle = self._handle(self.directory / "empty_prompt.safetensors")
+        return {name: handle.get_tensor(name).float() for name in handle.keys()}  # noqa: SIM118
 
     def _handle(self, path: Path):
         if path not in self._files:
             self._files[path] = safe_open(str(path), framework="pt")
         return self._files[path]
 
-    def _load_all(self, path: Path) -> dict[str, Tensor]:
-        handle = self._handle(path)
-        return {name: handle.get_tensor(name).float() for name in handle.keys()}  # noqa: SIM118
-
-    def _rows(self, kind: str, indices: Sequence[int]) -> dict[str, Tensor]:
+    def rows(self, kind: str, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The ``latents`` rows (by ``row_index``) or ``prompts`` rows (by ``prompt_index``) at ``indices``, in that
+        order: each stored tensor by name, ``[len(indices), ...]`` in float32."""
         size = self.meta["shard_size"]
         out: dict[str, list[Tensor]] = {}
         for index in indices:
@@ -236,18 +221,3 @@ class EncodeCache:
                 offset = index % size
                 out.setdefault(name, []).append(handle.get_slice(name)[offset : offset + 1])
         return {name: torch.cat(parts).float() for name, parts in out.items()}
-
-    def collate(self, rows: Sequence[dict[str, Any]], *, seed: int = 0, epoch: int = 0):
-        """An :class:`~mmdpo.adapters.text_to_image.ImageBatch` of cached encodings for rows of :meth:`group_set`."""
-        from mmdpo.adapters.text_to_image import ImageBatch, group_seeds, preferences
-
-        latents = self._rows("latents", [row["row_index"] for row in rows])
-        embeddings = self._rows("prompts", [row["prompt_index"] for row in rows])
-        return ImageBatch(
-            prefs=preferences(rows),
-            latent_mean=latents["latent_mean"],
-            latent_std=latents.get("latent_std"),
-            embeddings=embeddings,
-            time_ids=latents["time_ids"],
-            group_seeds=group_seeds(rows, seed, epoch),
-        )

@@ -57,17 +57,16 @@ from mmdpo.data.loaders import (
     GroupSet,
     Pairing,
     Ties,
-    _check_choice,
-    _data_files,
-    _pair,
-    _pick_split,
-    _rank_labels,
+    check_choice,
     check_columns,
     convert_rows,
+    data_files,
     detect_format,
-    expand_pairs,
+    expand_groups,
     group_labels,
     label_of,
+    pick_split,
+    rank_labels,
     read_table,
 )
 from mmdpo.data.schema import CANDIDATES, DESIRABLE, GROUP_ID, ID, PROMPT, RANKS, SCORES
@@ -110,27 +109,26 @@ def _index_folder(path: Path, split: str) -> Path | None:
         return path.parent
     if _is_saved(path):
         return path
-    folders = {Path(f).parent for f in _pick_split(_data_files(path), split, str(path))}
+    folders = {Path(f).parent for f in pick_split(data_files(path), split, str(path))}
     return folders.pop() if len(folders) == 1 else None
 
 
-def _read(source: str | Path | Dataset | DatasetDict, split: str) -> tuple[Dataset, str, Path | None]:
-    """The split's table, a name for messages and the base folder of relative image paths."""
+def read_image_table(source: str | Path | Dataset | DatasetDict, split: str) -> tuple[Dataset, str, Path | None]:
+    """The split ``split`` of ``source`` (any source of :func:`load_image_groups`), a name for messages, and the folder
+    relative image paths start from (None when the split's index files sit in several folders)."""
     if isinstance(source, (Dataset, DatasetDict)):
         return read_table(source, split), "the in-memory dataset", Path.cwd()
     path = Path(source).absolute()
     if path.is_dir() and not _is_saved(path) and any(path.rglob("*.arrow")):
-        return _pick_split(load_dataset("arrow", data_dir=str(path)), split, str(path)), str(path), path
+        return pick_split(load_dataset("arrow", data_dir=str(path)), split, str(path)), str(path), path
     return read_table(path, split), str(path), _index_folder(path, split)
 
 
-def _rows(table: Dataset, batch_size: int = 256) -> Iterator[dict[str, Any]]:
-    """Rows with images in storage form (``datasets.Image`` columns are read as Arrow, so nothing is decoded)."""
+def undecoded_rows(table: Dataset, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+    """The rows of ``table`` as dicts, images in storage form: ``datasets.Image`` columns are read as Arrow, so
+    nothing is decoded."""
     for batch in table.with_format("arrow").iter(batch_size=batch_size):
         yield from batch.to_pylist()
-
-
-# --- formats and columns ---------------------------------------------------------------------------
 
 
 # --- row conversion --------------------------------------------------------------------------------
@@ -146,8 +144,10 @@ def _prompt(row: dict[str, Any]) -> str:
     return value
 
 
-def _image_ref(value: Any, field: str, base: Path | None) -> dict[str, Any]:
-    """One image in ``datasets.Image`` storage form; a path is made absolute and must name an existing file."""
+def stored_image(value: Any, field: str, base: Path | None) -> dict[str, Any]:
+    """An image (a path, bytes or a ``{"bytes", "path"}`` dict) in ``datasets.Image`` storage form; a relative path is
+    resolved against ``base`` and must name an existing file. An empty, mistyped or missing image raises
+    :class:`~mmdpo.data.loaders.BadRow` naming ``field``."""
     if isinstance(value, dict):
         if value.get("bytes"):
             return {"bytes": value["bytes"], "path": value.get("path")}
@@ -173,7 +173,7 @@ def _image_ref(value: Any, field: str, base: Path | None) -> dict[str, Any]:
 
 def _group(row: dict[str, Any], images: list[Any], fields: list[str], labels: dict, base: Path | None) -> dict:
     prompt = _prompt(row)
-    return {PROMPT: prompt, CANDIDATES: [_image_ref(v, f, base) for v, f in zip(images, fields)], **labels}
+    return {PROMPT: prompt, CANDIDATES: [stored_image(v, f, base) for v, f in zip(images, fields)], **labels}
 
 
 def _image_list(row: dict[str, Any], field: str) -> list[Any]:
@@ -202,7 +202,7 @@ def _from_image_pairs(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
 
 def _from_image_ranked(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
     images = _image_list(row, "images")
-    labels = _rank_labels(row, len(images), "images")
+    labels = rank_labels(row, len(images), "images")
     return _group(row, images, [f"images[{i}]" for i in range(len(images))], labels, base)
 
 
@@ -231,20 +231,6 @@ IMAGE_CONVERTERS = {
 
 
 # --- the entry point -------------------------------------------------------------------------------
-
-
-def _expand(groups: list[dict], sources: list[int], mode: Pairing, name: str, skipped: Counter) -> tuple[list, list]:
-    """Each ranked group as its K = 2 pairs (:func:`~mmdpo.data.loaders.expand_pairs`), with their source rows."""
-    if label_of(groups[0]) == DESIRABLE:
-        raise ValueError(f"data.pairs={mode} needs ranked or scored groups, but {name} is unpaired.")
-    expanded, expanded_sources = [], []
-    for group, source in zip(groups, sources):
-        produced = [_pair(group, i, j) for i, j in expand_pairs(group, mode)]
-        if not produced:
-            skipped["tie"] += 1
-        expanded += produced
-        expanded_sources += [source] * len(produced)
-    return expanded, expanded_sources
 
 
 def _to_dataset(groups: list[dict], sources: list[int], table: Dataset, pairs: Pairing) -> Dataset:
@@ -285,19 +271,19 @@ def load_image_groups(
         pairs: ``none``, or expand each ranked group into K = 2 pairs, as
             :func:`~mmdpo.data.loaders.load_groups` does.
     """
-    _check_choice("data.format", format, ("auto", *IMAGE_CONVERTERS))
-    _check_choice("data.ties", ties, ("drop", "keep"))
-    _check_choice("data.bad_rows", bad_rows, ("error", "skip"))
-    _check_choice("data.pairs", pairs, PAIRINGS)
-    table, name, base = _read(source, split)
+    check_choice("data.format", format, ("auto", *IMAGE_CONVERTERS))
+    check_choice("data.ties", ties, ("drop", "keep"))
+    check_choice("data.bad_rows", bad_rows, ("error", "skip"))
+    check_choice("data.pairs", pairs, PAIRINGS)
+    table, name, base = read_image_table(source, split)
     format = detect_format(table.column_names, IMAGE_FORMAT_COLUMNS, "image format") if format == "auto" else format
     check_columns(table, format, IMAGE_FORMAT_COLUMNS, IMAGE_LIST_COLUMNS, "image format")
 
     convert = partial(IMAGE_CONVERTERS[format], base=base)
-    groups, sources, skipped = convert_rows(_rows(table), convert, name, ties=ties, bad_rows=bad_rows)
+    groups, sources, skipped = convert_rows(undecoded_rows(table), convert, name, ties=ties, bad_rows=bad_rows)
 
     if pairs != "none" and groups:
-        groups, sources = _expand(groups, sources, pairs, name, skipped)
+        groups, sources = expand_groups(groups, sources, pairs, name, skipped)
     if not groups:
         raise ValueError(
             f"No usable groups in {name}: {len(table)} rows read, skipped {dict(skipped) or 'none'}; "
@@ -344,7 +330,7 @@ def _first_bad(candidates: list[dict[str, Any]]) -> dict[str, Any]:
 def check_images(groups: GroupSet, bad_rows: BadRows, num_proc: int | None = None) -> GroupSet:
     """Read every candidate once (JPEGs at 1/8 scale, :func:`decode_image`); a group with an unreadable image is fatal
     or dropped and counted under ``bad_image``."""
-    _check_choice("data.bad_rows", bad_rows, ("error", "skip"))
+    check_choice("data.bad_rows", bad_rows, ("error", "skip"))
     data = groups.dataset
     report = data.map(
         _first_bad,
@@ -405,7 +391,7 @@ class GroupTransform:
     def __post_init__(self):
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1:
             raise ValueError(f"data.resolution={self.resolution!r} must be a positive whole number of pixels.")
-        _check_choice("data.crop", self.crop, ("center", "random"))
+        check_choice("data.crop", self.crop, ("center", "random"))
         if not 0 <= self.flip <= 1:
             raise ValueError(f"data.flip={self.flip!r} is a probability; give a value in [0, 1].")
 

@@ -9,10 +9,12 @@ Formats (detected from the columns, or forced with ``format=``):
 - ``pairs``: TRL's ``prompt``/``chosen``/``rejected``, plain or conversational, or conversations with no prompt
   of their own: the opening turns they share become the prompt (TRL's ``extract_prompt``; like TRL, a text
   ``prompt`` beside full conversations is ignored). Optional ``score_chosen``/``score_rejected`` (UltraFeedback)
-  ride along as ``scores``. -> K = 2, ``ranks`` [0, 1].
-- ``ranked``: ``prompt``, ``responses`` (or ``completions``) and ``ranks`` and/or ``scores``.
+  ride along as ``scores``; optional ``chosen_margin_rewards``/``rejected_margin_rewards`` (each a list of M numbers:
+  the rewards of the other objectives, as MODPO's margins) as ``margin_rewards``. -> K = 2, ``ranks`` [0, 1].
+- ``ranked``: ``prompt``, ``responses`` (or ``completions``) and ``ranks`` and/or ``scores``; optional
+  ``margin_rewards``, per response a list of M numbers.
 - ``unpaired``: ``prompt``, ``completion``, ``label`` (bool) -> K = 1, ``desirable``.
-- ``groups``: our own schema, validated.
+- ``groups``: our own schema (:mod:`mmdpo.data.schema`, ``margin_rewards`` included), validated.
 - ``step_dpo``: Step-DPO's columns (its ``Math-Step-DPO-10K``): ``prompt``, ``initial_reason_steps`` (the correct
   steps so far, possibly empty; ``prefix`` as its data pipeline names it), ``chosen`` and ``rejected`` (the next
   step, right and wrong) -> K = 2 step pairs, the correct steps as ``prefix``, one step per candidate.
@@ -22,6 +24,7 @@ Formats (detected from the columns, or forced with ``format=``):
   when given, must be that point (a check on the data). -> K = 2 step pairs.
 
 Steps are concatenated exactly as given, so keep their separators (such as a trailing newline) in the texts.
+Margin rewards are all or nothing: every row has them, each candidate the same M, or no row does.
 
 Sources: a JSONL/JSON, Parquet or CSV file; a directory of such files (split by file name as ``datasets``
 does it, e.g. ``data/train-0000.parquet`` and ``data/test-0000.parquet``); a ``save_to_disk`` directory of a
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import torch
 from datasets import (
     Dataset,
     DatasetDict,
@@ -57,12 +61,24 @@ from datasets import (
 from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
 from datasets.exceptions import DatasetGenerationError
 
-from mmdpo.data.schema import CANDIDATES, DESIRABLE, GROUP_ID, PASSTHROUGH, PREFIX, PROMPT, RANKS, SCORES, STEPS
+from mmdpo.data.schema import (
+    CANDIDATES,
+    DESIRABLE,
+    GROUP_ID,
+    MARGIN_REWARDS,
+    PASSTHROUGH,
+    PREFIX,
+    PROMPT,
+    RANKS,
+    SCORES,
+    STEPS,
+)
+from mmdpo.objectives.pairs import PAIR_MODES, PairMode, ranked_pairs
 
 Ties = Literal["drop", "keep"]
 BadRows = Literal["error", "skip"]
-Pairing = Literal["none", "all", "best_vs_rest", "adjacent", "best_vs_worst"]
-PAIRINGS = ("none", "all", "best_vs_rest", "adjacent", "best_vs_worst")
+Pairing = Literal["none", PairMode]
+PAIRINGS = ("none", *PAIR_MODES)
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 FORMAT_COLUMNS: dict[str, list[tuple[str, ...]]] = {
     # Each tuple is one requirement: at least one of its columns must be present.
@@ -117,15 +133,15 @@ class GroupSet:
 def read_table(path: str | Path | Dataset | DatasetDict, split: str = "train") -> Dataset:
     """One split of a file, a directory or an in-memory dataset; a single table is split ``train``."""
     if isinstance(path, (Dataset, DatasetDict)):
-        return _pick_split(path, split, "the in-memory dataset")
+        return pick_split(path, split, "the in-memory dataset")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"data.path={str(path)!r} does not exist; give a .jsonl/.json, .parquet or .csv file or a directory."
         )
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-        return _pick_split(load_from_disk(str(path)), split, str(path))
-    files = _pick_split(_data_files(path), split, str(path))
+        return pick_split(load_from_disk(str(path)), split, str(path))
+    files = pick_split(data_files(path), split, str(path))
     kinds = {FILE_BUILDERS[Path(f).suffix.lower()] for f in files}
     if len(kinds) > 1:
         raise ValueError(f"data.path={str(path)!r} mixes {' and '.join(sorted(kinds))} files; keep one kind.")
@@ -139,7 +155,7 @@ def read_table(path: str | Path | Dataset | DatasetDict, split: str = "train") -
         ) from err
 
 
-def _data_files(path: Path) -> dict[str, list[str]]:
+def data_files(path: Path) -> dict[str, list[str]]:
     """Data files by split: a file is ``train``; a directory splits by file name, as ``load_dataset`` does."""
     if path.is_file():
         if path.suffix.lower() not in FILE_BUILDERS:
@@ -156,7 +172,7 @@ def _data_files(path: Path) -> dict[str, list[str]]:
     return splits
 
 
-def _pick_split(tables: Dataset | Mapping[str, Any], split: str, where: str) -> Any:
+def pick_split(tables: Dataset | Mapping[str, Any], split: str, where: str) -> Any:
     if isinstance(tables, Dataset):
         tables = {"train": tables}
     if split not in tables:
@@ -265,7 +281,7 @@ def _rank(value: Any, field: str) -> int:
     return int(value)
 
 
-def _rank_labels(row: dict[str, Any], k: int, noun: str) -> dict[str, list]:
+def rank_labels(row: dict[str, Any], k: int, noun: str) -> dict[str, list]:
     """``ranks``, ``scores`` or both (ranks decide the order, scores ride along as reward values)."""
     labels = {}
     if row.get(RANKS) is not None:
@@ -275,6 +291,33 @@ def _rank_labels(row: dict[str, Any], k: int, noun: str) -> dict[str, list]:
     if not labels:
         raise BadRow("bad_label", RANKS, "is empty and so is 'scores'")
     return labels
+
+
+def _margin_rewards(lists: list[tuple[Any, str]]) -> list[list[float]]:
+    """One list of M >= 1 finite rewards per candidate, given as (values, field) pairs; the same M for all."""
+    rewards = []
+    for values, name in lists:
+        if not isinstance(values, list) or not values:
+            raise BadRow(
+                "bad_label", name, f"must be a non-empty list of rewards, one per other objective, got {values!r}"
+            )
+        rewards.append([_score(v, name) for v in values])
+    for (_, name), values in zip(lists, rewards):
+        if len(values) != len(rewards[0]):
+            raise BadRow(
+                "length_mismatch",
+                name,
+                f"has {len(values)} rewards but {lists[0][1]!r} has {len(rewards[0])}; give every candidate the same M",
+            )
+    return rewards
+
+
+def _margin_column(row: dict[str, Any], k: int, noun: str) -> dict[str, list]:
+    """``margin_rewards`` of a row with K candidates when it has them: K lists of M rewards."""
+    if row.get(MARGIN_REWARDS) is None:
+        return {}
+    values = _check_list(row[MARGIN_REWARDS], k, MARGIN_REWARDS, noun)
+    return {MARGIN_REWARDS: _margin_rewards([(v, f"{MARGIN_REWARDS}[{i}]") for i, v in enumerate(values)])}
 
 
 def _candidate_list(row: dict[str, Any], field: str) -> list[Any]:
@@ -306,13 +349,20 @@ def _from_pairs(row: dict[str, Any]) -> dict[str, Any]:
     labels: dict[str, list] = {RANKS: [0, 1]}
     if row.get("score_chosen") is not None and row.get("score_rejected") is not None:
         labels[SCORES] = [_score(row["score_chosen"], "score_chosen"), _score(row["score_rejected"], "score_rejected")]
+    margins = [(row.get(f"{name}_margin_rewards"), f"{name}_margin_rewards") for name in ("chosen", "rejected")]
+    given = [field for values, field in margins if values is not None]
+    if len(given) == 1:
+        other = next(field for _, field in margins if field not in given)
+        raise BadRow("bad_label", other, f"is empty while {given[0]!r} is set; give both or neither")
+    if given:
+        labels[MARGIN_REWARDS] = _margin_rewards(margins)
     return _group(prompt, [chosen, rejected], ["chosen", "rejected"], labels)
 
 
 def _from_ranked(row: dict[str, Any]) -> dict[str, Any]:
     field = "responses" if "responses" in row else "completions"
     responses = _candidate_list(row, field)
-    labels = _rank_labels(row, len(responses), field)
+    labels = {**rank_labels(row, len(responses), field), **_margin_column(row, len(responses), field)}
     return _group(row.get(PROMPT), responses, [f"{field}[{i}]" for i in range(len(responses))], labels)
 
 
@@ -328,7 +378,7 @@ def group_labels(row: dict[str, Any], count: int) -> dict[str, list]:
     if row.get(DESIRABLE) is None:
         if row.get(RANKS) is None and row.get(SCORES) is None:
             raise BadRow("bad_label", RANKS, "is empty and so are 'scores' and 'desirable'")
-        return _rank_labels(row, count, CANDIDATES)
+        return rank_labels(row, count, CANDIDATES)
     if row.get(RANKS) is not None or row.get(SCORES) is not None:
         raise BadRow("bad_label", DESIRABLE, "is set beside 'ranks' or 'scores'; keep one label kind")
     desirable = _check_list(row[DESIRABLE], 1, DESIRABLE, "candidate (unpaired groups have one)")
@@ -342,7 +392,10 @@ def group_labels(row: dict[str, Any], count: int) -> dict[str, list]:
 def _from_groups(row: dict[str, Any]) -> dict[str, Any]:
     candidates = _candidate_list(row, CANDIDATES)
     fields = [f"{CANDIDATES}[{i}]" for i in range(len(candidates))]
-    return _group(row.get(PROMPT), candidates, fields, group_labels(row, len(candidates)))
+    labels = group_labels(row, len(candidates))
+    if DESIRABLE in labels and row.get(MARGIN_REWARDS) is not None:
+        raise BadRow("bad_label", MARGIN_REWARDS, "is set beside 'desirable'; margin rewards go with ranks or scores")
+    return _group(row.get(PROMPT), candidates, fields, {**labels, **_margin_column(row, len(candidates), CANDIDATES)})
 
 
 def _step(value: Any, field: str) -> str:
@@ -418,45 +471,48 @@ def is_full_tie(group: dict[str, Any]) -> bool:
     return key is not None and len(set(key)) == 1
 
 
-def rank_levels(group: dict[str, Any]) -> list[list[int]]:
-    """Candidate indices grouped by rank (from ``ranks``, else ``scores``), best level first; ties share one."""
-    key = group[RANKS] if group.get(RANKS) is not None else [-s for s in group[SCORES]]
-    return [[i for i, v in enumerate(key) if v == level] for level in sorted(set(key))]
-
-
-def expand_pairs(group: dict[str, Any], mode: Pairing) -> list[tuple[int, int]]:
-    """(better, worse) candidate indices of a ranked group, for Curry-DPO style multi-pair training.
+def expand_pairs(group: dict[str, Any], mode: PairMode) -> list[tuple[int, int]]:
+    """(better, worse) candidate indices of a ranked group (by ``ranks``, else ``scores``), for Curry-DPO style
+    multi-pair training: :func:`mmdpo.objectives.pairs.ranked_pairs`, the rule ``curry_dpo`` pairs by.
 
     ``all``: every pair of different ranks; ``best_vs_rest``: each best candidate against each worse one;
     ``adjacent``: each candidate against each one a rank level below; ``best_vs_worst``: each best against each
     worst. Tied candidates are never paired with each other, and ties at a level all take part. Pairs come in
     order of the better level, then the worse level, then candidate position.
     """
-    levels = rank_levels(group)
-    if mode == "all":
-        level_pairs = [(a, b) for a in range(len(levels)) for b in range(a + 1, len(levels))]
-    elif mode == "best_vs_rest":
-        level_pairs = [(0, b) for b in range(1, len(levels))]
-    elif mode == "adjacent":
-        level_pairs = [(a, a + 1) for a in range(len(levels) - 1)]
-    elif mode == "best_vs_worst":
-        level_pairs = [(0, len(levels) - 1)] if len(levels) > 1 else []
-    else:
-        raise ValueError(f"data.pairs={mode!r} is unknown; use one of {', '.join(PAIRINGS)}.")
-    return [(i, j) for a, b in level_pairs for i in levels[a] for j in levels[b]]
+    key = group[RANKS] if group.get(RANKS) is not None else [-s for s in group[SCORES]]
+    return ranked_pairs(torch.tensor(key), mode, "data.pairs")
 
 
-def _pair(group: dict[str, Any], better: int, worse: int) -> dict[str, Any]:
+def pair_group(group: dict[str, Any], better: int, worse: int) -> dict[str, Any]:
     pair = {PROMPT: group[PROMPT], CANDIDATES: [group[CANDIDATES][better], group[CANDIDATES][worse]], RANKS: [0, 1]}
-    if group.get(SCORES) is not None:
-        pair[SCORES] = [group[SCORES][better], group[SCORES][worse]]
+    for name in (SCORES, MARGIN_REWARDS):
+        if group.get(name) is not None:
+            pair[name] = [group[name][better], group[name][worse]]
     return pair
+
+
+def expand_groups(
+    groups: list[dict[str, Any]], sources: list[int], mode: PairMode, name: str, skipped: Counter
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Each ranked group as its K = 2 pairs (:func:`expand_pairs`), each with its source row; a group with no pair
+    to give (a full tie kept by ``ties=keep``) is counted under ``skipped["tie"]``."""
+    if label_of(groups[0]) == DESIRABLE:
+        raise ValueError(f"data.pairs={mode} needs ranked or scored groups, but {name} is unpaired.")
+    expanded, expanded_sources = [], []
+    for group, source in zip(groups, sources):
+        produced = [pair_group(group, i, j) for i, j in expand_pairs(group, mode)]
+        if not produced:
+            skipped["tie"] += 1
+        expanded += produced
+        expanded_sources += [source] * len(produced)
+    return expanded, expanded_sources
 
 
 # --- the entry point -------------------------------------------------------------------------------
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is unknown; use one of {', '.join(choices)}.")
 
@@ -474,6 +530,15 @@ def _check_consistent(first: dict[str, Any], group: dict[str, Any], row: str) ->
             f"{row} is labelled by {label_of(group)!r} but earlier rows by {label_of(first)!r}; "
             "label every row the same way."
         )
+    margins, earlier = group.get(MARGIN_REWARDS), first.get(MARGIN_REWARDS)
+    if (margins is None) != (earlier is None):
+        has, had = ("has no", "do") if margins is None else ("has", "do not")
+        raise ValueError(f"{row} {has} margin_rewards but earlier rows {had}; give them to every row or to none.")
+    if margins is not None and len(margins[0]) != len(earlier[0]):
+        raise ValueError(
+            f"{row} has {len(margins[0])} margin rewards per candidate but earlier rows have {len(earlier[0])}; "
+            "give every row the same M."
+        )
 
 
 def _to_dataset(groups: list[dict[str, Any]], columns: list[str]) -> Dataset:
@@ -487,6 +552,7 @@ def _to_dataset(groups: list[dict[str, Any]], columns: list[str]) -> Dataset:
             RANKS: List(Value("int64")),
             SCORES: List(Value("float64")),
             DESIRABLE: List(Value("bool")),
+            MARGIN_REWARDS: List(List(Value("float64"))),
             PREFIX: Value("string"),
             STEPS: List(List(Value("string"))),
         }
@@ -552,10 +618,10 @@ def load_groups(
             scores, and ``group_id``: the source row (or the source's own ``group_id``).
         name: what messages call the source (by default the path, or "the in-memory dataset").
     """
-    _check_choice("data.format", format, ("auto", *CONVERTERS))
-    _check_choice("data.ties", ties, ("drop", "keep"))
-    _check_choice("data.bad_rows", bad_rows, ("error", "skip"))
-    _check_choice("data.pairs", pairs, PAIRINGS)
+    check_choice("data.format", format, ("auto", *CONVERTERS))
+    check_choice("data.ties", ties, ("drop", "keep"))
+    check_choice("data.bad_rows", bad_rows, ("error", "skip"))
+    check_choice("data.pairs", pairs, PAIRINGS)
     table = read_table(path, split)
     format = detect_format(table.column_names) if format == "auto" else format
     check_columns(table, format)
@@ -570,16 +636,7 @@ def load_groups(
             raise ValueError(
                 f"data.pairs={pairs} expands ranked lists, but {name} holds step pairs; set data.pairs=none."
             )
-        if label_of(groups[0]) == DESIRABLE:
-            raise ValueError(f"data.pairs={pairs} needs ranked or scored groups, but {name} is unpaired.")
-        expanded, expanded_sources = [], []
-        for group, source in zip(groups, sources):
-            produced = [_pair(group, i, j) for i, j in expand_pairs(group, pairs)]
-            if not produced:  # a full tie kept by ties=keep has no pair to give
-                skipped["tie"] += 1
-            expanded += produced
-            expanded_sources += [source] * len(produced)
-        groups, sources = expanded, expanded_sources
+        groups, sources = expand_groups(groups, sources, pairs, name, skipped)
     if not groups:
         raise ValueError(
             f"No usable groups in {name}: {len(table)} rows read, skipped {dict(skipped) or 'none'}; "
@@ -590,6 +647,8 @@ def load_groups(
     columns = [PROMPT, CANDIDATES, label]
     if label == RANKS and all(group.get(SCORES) is not None for group in groups):
         columns.append(SCORES)
+    if MARGIN_REWARDS in groups[0]:
+        columns.append(MARGIN_REWARDS)
     if STEPS in groups[0]:
         columns += [PREFIX, STEPS]
     dataset = _to_dataset(groups, columns)

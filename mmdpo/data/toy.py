@@ -2,7 +2,8 @@
 
 Prompts ask for a word; the preferred answer is written mostly in vowels, the rejected one mostly
 in consonants. The reward of any text is its vowel fraction, so a policy's samples can be scored
-before and after training.
+before and after training. For multi-objective training (MODPO) a second reward, the share of letters from
+the first half of the alphabet, which the vowel preference knows nothing of, serves as the margin reward.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def vowel_reward(text: str) -> float:
     """Fraction of letters in ``text`` that are vowels (0 when there are no letters)."""
     letters = [c for c in text.lower() if c.isalpha()]
     return sum(c in VOWELS for c in letters) / len(letters) if letters else 0.0
+
+
+def early_letter_reward(text: str) -> float:
+    """Fraction of letters in ``text`` from a to m (0 when there are no letters): the toy task's second objective."""
+    letters = [c for c in text.lower() if c.isalpha()]
+    return sum(c <= "m" for c in letters) / len(letters) if letters else 0.0
 
 
 def _word(rng: random.Random, main: str, other: str, length: int, purity: float) -> str:
@@ -51,5 +58,23 @@ def toy_step_pairs(num_groups: int, seed: int = 0) -> Dataset:
         first = f" {a} plus {b}.\n"
         rows.append(
             {"prompt": f"{a}+{b}=?", "chosen_steps": [first, f" = {a + b}"], "rejected_steps": [first, f" = {wrong}"]}
+        )
+    return Dataset.from_list(rows)
+
+
+def toy_margin_pairs(num_groups: int, seed: int = 0) -> Dataset:
+    """The pairs of :func:`toy_groups` in TRL's pair format, each response with its MODPO margin reward
+    (``chosen_margin_rewards`` / ``rejected_margin_rewards``, M = 1: :func:`early_letter_reward`)."""
+    rows = []
+    for group in toy_groups(num_groups, seed):
+        chosen, rejected = group["candidates"]
+        rows.append(
+            {
+                "prompt": group["prompt"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "chosen_margin_rewards": [early_letter_reward(chosen)],
+                "rejected_margin_rewards": [early_letter_reward(rejected)],
+            }
         )
     return Dataset.from_list(rows)

@@ -37,8 +37,8 @@ from typing import Any
 import PIL.Image
 from datasets import Dataset, DatasetDict, Features, Image, Json, List, Value
 
-from mmdpo.data.images import _image_ref, _read, _rows
-from mmdpo.data.loaders import FORMAT_COLUMNS, BadRow, BadRows, GroupSet, _check_choice, load_groups
+from mmdpo.data.images import read_image_table, stored_image, undecoded_rows
+from mmdpo.data.loaders import FORMAT_COLUMNS, BadRow, BadRows, GroupSet, check_choice, load_groups
 from mmdpo.data.schema import GROUP_ID, ID, IMAGES, PROMPT, SCORES
 from mmdpo.data.shapes import SHAPE_COLOURS
 
@@ -84,7 +84,7 @@ def _normalise(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
     if not isinstance(images, list):
         raise BadRow("wrong_type", field, f"must be a list of images, got {str(images)[:40]}")
     names = [f"{field}[{i}]" if field == IMAGES else field for i in range(len(images))]
-    out[IMAGES] = [_image_ref(image, name, base) for image, name in zip(images, names)]
+    out[IMAGES] = [stored_image(image, name, base) for image, name in zip(images, names)]
     if _is_vlfeedback(row.get("completions")):
         out["responses"], out[SCORES] = _vlfeedback(row["completions"])
         del out["completions"]
@@ -100,10 +100,10 @@ def load_vlm_groups(
     :func:`~mmdpo.data.loaders.load_groups`. Rows whose image is missing are fatal or skipped and counted under
     ``missing_image``, by ``bad_rows``.
     """
-    _check_choice("data.bad_rows", bad_rows, ("error", "skip"))
-    table, name, base = _read(source, split)
+    check_choice("data.bad_rows", bad_rows, ("error", "skip"))
+    table, name, base = read_image_table(source, split)
     rows, skipped = [], Counter()
-    for index, row in enumerate(_rows(table)):
+    for index, row in enumerate(undecoded_rows(table)):
         try:
             rows.append(_normalise(row, base))
         except BadRow as err:

@@ -1,75 +1,88 @@
 """The preference-objective core: pure functions of (policy LogLik, reference LogLik, Preferences).
 
-from mmdpo.objectives import get_objective, LogLik, Preferences
-out = get_objective("dpo", beta=0.1)(policy=LogLik(values=pw), reference=LogLik(values=rw), prefs=Preferences(ranks=r))
-out.loss, out.losses, out.metrics
+    from mmdpo.objectives import get_objective, LogLik, Preferences
+    out = get_objective("dpo", beta=0.1)(LogLik(values=pw), LogLik(values=rw), Preferences(ranks=r))
+    out.loss, out.losses, out.metrics
+
+:data:`OBJECTIVES` maps every name ``objective.name`` takes to its :class:`~mmdpo.objectives.spec.ObjectiveSpec`
+(the function, whether it reads a reference, the extras and labels it reads, presets); :class:`Objective` binds one
+to its hyperparameters, and :func:`check_labels` checks it against the label columns a dataset provides.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmdpo.objectives import diffusion, listwise, pairwise, token, unpaired
 from mmdpo.objectives.core import LogLik, ObjectiveOutput, Preferences
+from mmdpo.objectives.spec import DESIRABLE, MARGIN_REWARDS, RANKING, SCORES, STEPS, Label, ObjectiveSpec
 
-_KERNELS = [
-    "dpo", "cdpo", "rdpo", "ipo", "ipo_sum", "hinge", "sigmoid_norm", "simpo", "orpo", "exo", "nca", "bco",
-    "apo_zero", "apo_down", "sppo_hard", "aot", "aot_unpaired", "discopop", "triple_po", "asft",
-]  # fmt: skip
 
-OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
-    **{name: pairwise.pairwise(getattr(pairwise, name)) for name in _KERNELS},
-    "rpo": pairwise.pairwise(pairwise.dpo),
-    "madpo": pairwise.madpo,
-    "modpo": pairwise.modpo,
-    "beta_dpo": pairwise.beta_dpo,
-    "plackett_luce": listwise.plackett_luce,
-    "lipo_lambda": listwise.lipo_lambda,
-    "rankdpo": listwise.rankdpo,
-    "curry_dpo": listwise.curry_dpo,
-    "adpo": listwise.adpo,
-    "kto": unpaired.kto,
-    "apo_zero_unpaired": unpaired.kto,
-    "smpo": diffusion.smpo,
-    "mapo": diffusion.mapo,
-    "dro_hinge": diffusion.dro_hinge,
-    "diffusion_kto": diffusion.diffusion_kto,
-    "tdpo": token.tdpo,
-    "sparsepo": token.sparsepo,
-    "tgdpo": token.tgdpo,
-    "step_dpo": token.step_dpo,
+def _wpo(params: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset({"wpo_logp"} if params["wpo"] else ())
+
+
+def _lifted(kernel, **spec: Any) -> ObjectiveSpec:
+    """A pairwise kernel with the shared options (:func:`~mmdpo.objectives.pairwise.pairwise`), WPO among them."""
+    return ObjectiveSpec(pairwise.pairwise(kernel), extras=_wpo, **spec)
+
+
+def _kto(params: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset({"mismatched"} if params["kl"] else ())
+
+
+def _sparsepo(params: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset({"token_kl"}) | token.mask_extras(params["mask"], params["independent"])
+
+
+def _adpo(params: Mapping[str, Any]) -> tuple[Label, ...]:
+    return (SCORES,) if params["target"] == "soft" else (RANKING,)
+
+
+_KERNELS = (
+    "dpo", "cdpo", "rdpo", "ipo", "ipo_sum", "hinge", "sigmoid_norm", "exo", "nca", "bco", "apo_zero", "apo_down",
+    "sppo_hard", "discopop",
+)  # fmt: skip
+_REFERENCE_FREE_KERNELS = ("simpo", "orpo", "triple_po", "asft")
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    **{name: _lifted(getattr(pairwise, name)) for name in _KERNELS},
+    **{name: _lifted(getattr(pairwise, name), needs_reference=False) for name in _REFERENCE_FREE_KERNELS},
+    "aot": _lifted(pairwise.aot, batch_sorted=True),
+    "aot_unpaired": _lifted(pairwise.aot_unpaired, batch_sorted=True),
+    "rpo": _lifted(pairwise.dpo, presets={"sft_weight": 1.0}),
+    "madpo": ObjectiveSpec(pairwise.madpo, labels=(SCORES,)),
+    "modpo": ObjectiveSpec(pairwise.modpo, labels=(RANKING, MARGIN_REWARDS)),
+    "beta_dpo": ObjectiveSpec(pairwise.beta_dpo),
+    "plackett_luce": ObjectiveSpec(listwise.plackett_luce),
+    "lipo_lambda": ObjectiveSpec(listwise.lipo_lambda),
+    "rankdpo": ObjectiveSpec(listwise.rankdpo),
+    "curry_dpo": ObjectiveSpec(listwise.curry_dpo),
+    "adpo": ObjectiveSpec(listwise.adpo, labels=_adpo),
+    "kto": ObjectiveSpec(unpaired.kto, extras=_kto, labels=(DESIRABLE,)),
+    "apo_zero_unpaired": ObjectiveSpec(unpaired.kto, extras=_kto, labels=(DESIRABLE,), presets={"kl": False}),
+    "smpo": ObjectiveSpec(diffusion.smpo, labels=(SCORES,)),
+    "mapo": ObjectiveSpec(diffusion.mapo, needs_reference=False),
+    "dro_hinge": ObjectiveSpec(diffusion.dro_hinge),
+    "diffusion_kto": ObjectiveSpec(diffusion.diffusion_kto, labels=(DESIRABLE,)),
+    "tdpo": ObjectiveSpec(token.tdpo, extras=frozenset({"token_kl"})),
+    "sparsepo": ObjectiveSpec(token.sparsepo, extras=_sparsepo),
+    "tgdpo": ObjectiveSpec(token.tgdpo, extras=frozenset({"guidance"})),
+    "step_dpo": ObjectiveSpec(token.step_dpo, extras=frozenset({"step_index"}), labels=(RANKING, STEPS)),
 }
-
-REFERENCE_FREE = frozenset({"simpo", "orpo", "triple_po", "asft", "mapo"})
-"""Objectives that never read the reference: the trainer skips the reference pass for them."""
-
-BATCH_SORTED = frozenset({"aot", "aot_unpaired"})
-"""Objectives whose per-group losses come back in sorted order, not the batch's."""
-
-TOKEN_LEVEL = frozenset({"tdpo", "sparsepo", "tgdpo", "step_dpo"})
-"""Objectives that read per-token extras only a causal-LM adapter gives (see :attr:`Objective.extras`)."""
-
-EXTRAS: dict[str, frozenset[str]] = {
-    "tdpo": frozenset({"token_kl"}),
-    "sparsepo": frozenset({"token_kl"}),
-    "tgdpo": frozenset({"guidance"}),
-    "step_dpo": frozenset({"step_index"}),
-}
-"""Extras (named as in :class:`LogLik`) an objective always needs beyond log-likelihoods."""
-
-# Hyperparameter defaults that differ from the kernel's own, per registered name.
-PRESETS: dict[str, dict[str, Any]] = {"rpo": {"sft_weight": 1.0}, "apo_zero_unpaired": {"kl": False}}
+"""Every objective by the name ``objective.name`` gives."""
 
 
 def hyperparameters(name: str) -> dict[str, Any]:
     """Default hyperparameters of a registered objective."""
-    params = inspect.signature(OBJECTIVES[name]).parameters.values()
+    spec = OBJECTIVES[name]
+    params = inspect.signature(spec.function).parameters.values()
     defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "state"}
-    return {**defaults, **PRESETS.get(name, {})}
+    return {**defaults, **spec.presets}
 
 
 @dataclass(frozen=True)
@@ -80,27 +93,28 @@ class Objective:
     hparams: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def spec(self) -> ObjectiveSpec:
+        return OBJECTIVES[self.name]
+
+    @property
     def needs_reference(self) -> bool:
-        return self.name not in REFERENCE_FREE
+        return self.spec.needs_reference
 
     @property
     def extras(self) -> frozenset[str]:
         """The extras the adapter must attach to the LogLiks (see :class:`LogLik`); empty for plain DPO, so the
         adapter does no work an objective does not ask for."""
-        params = {**hyperparameters(self.name), **self.hparams}
-        needs = set(EXTRAS.get(self.name, ()))
-        if params.get("wpo"):
-            needs.add("wpo_logp")
-        if self.name == "kto" and params["kl"]:
-            needs.add("mismatched")
-        if self.name == "sparsepo":
-            needs |= token.mask_extras(params["mask"], params["independent"])
-        return frozenset(needs)
+        return self.spec.extras_for({**hyperparameters(self.name), **self.hparams})
+
+    @property
+    def labels(self) -> tuple[Label, ...]:
+        """The label requirements it reads from the data (see :func:`check_labels`)."""
+        return self.spec.labels_for({**hyperparameters(self.name), **self.hparams})
 
     @property
     def stateful(self) -> bool:
         """True when the objective carries running statistics from call to call (``state=``)."""
-        return "state" in inspect.signature(OBJECTIVES[self.name]).parameters
+        return "state" in inspect.signature(self.spec.function).parameters
 
     def __call__(
         self, policy: LogLik, reference: LogLik | None, prefs: Preferences, state: dict | None = None
@@ -108,14 +122,25 @@ class Objective:
         if self.needs_reference and reference is None:
             raise ValueError(f"objective {self.name!r} needs reference log-likelihoods; got reference=None.")
         extra = {"state": state} if self.stateful else {}
-        out = OBJECTIVES[self.name](policy, reference, prefs, **self.hparams, **extra)
+        out = self.spec.function(policy, reference, prefs, **self.hparams, **extra)
         if prefs.weights is not None:
-            if self.name in BATCH_SORTED:
+            if self.spec.batch_sorted:
                 raise ValueError(
                     f"objective {self.name!r} sorts margins over the batch, so per-group weights cannot apply."
                 )
             out.losses = out.losses * prefs.weights.to(out.losses)
         return out
+
+
+def check_labels(objective: Objective, provided: Collection[str]) -> None:
+    """Fail, in one sentence naming what is missing and what to give, when the label columns ``provided`` by the data
+    (``ranks``, ``scores``, ``desirable``, ``margin_rewards``, ``steps``, ...) do not meet what ``objective`` reads."""
+    missing = [label for label in objective.labels if not label.columns & set(provided)]
+    if missing:
+        raise ValueError(
+            f"objective.name={objective.name} needs {' and '.join(label.what for label in missing)}, which data.path "
+            f"does not have; {'; '.join(label.fix for label in missing)}."
+        )
 
 
 def get_objective(name: str, **hparams: Any) -> Objective:
@@ -128,7 +153,7 @@ def get_objective(name: str, **hparams: Any) -> Objective:
     for key in hparams:
         if key not in known:
             raise ValueError(f"objective {name!r} has no hyperparameter {key!r}{_suggest(key, known)}.")
-    return Objective(name, {**PRESETS.get(name, {}), **hparams})
+    return Objective(name, {**OBJECTIVES[name].presets, **hparams})
 
 
 def _suggest(word: str, options) -> str:
@@ -138,12 +163,12 @@ def _suggest(word: str, options) -> str:
 
 __all__ = [
     "OBJECTIVES",
-    "REFERENCE_FREE",
-    "TOKEN_LEVEL",
     "LogLik",
     "Objective",
     "ObjectiveOutput",
+    "ObjectiveSpec",
     "Preferences",
+    "check_labels",
     "get_objective",
     "hyperparameters",
 ]

@@ -89,12 +89,12 @@ class Preferences:
     weights: Tensor | None = None
 
     def ranking(self) -> Tensor:
-        """``[B, K]`` ranks, derived from scores (dense ranking, ties shared) when not given."""
+        """``[B, K]`` ranks, derived from scores when not given (ties share a rank and the next rank skips)."""
         if self.ranks is not None:
             return self.ranks
         if self.scores is None:
             raise ValueError("This objective needs ranked labels: give Preferences(ranks=...) or scores=....")
-        # rank = number of distinct better scores, so equal scores share a rank.
+        # rank = number of candidates with a better score, so equal scores share a rank.
         better = self.scores.unsqueeze(-1) < self.scores.unsqueeze(-2)  # [B, K, K]: j beats i
         return better.sum(-1)
 

@@ -1,7 +1,7 @@
 """Objectives defined on diffusion log-likelihoods (or written for them): SmPO, MaPO, Diffusion-KTO, DRO.
 
 A diffusion adapter's estimate of a candidate is the ELBO surrogate ``-0.5 * mean((pred - target)^2)``
-(:mod:`mmdpo.adapters.diffusion`), so the per-candidate denoising error is ``mse = -2 * loglik`` and a
+(:mod:`mmdpo.adapters.latent_diffusion.estimator`), so the per-candidate denoising error is ``mse = -2 * loglik`` and a
 Diffusion-DPO margin of the official code equals ``-2 * Delta`` here. Each docstring says how its beta maps
 onto the official code's. Diffusion-DPO itself (arXiv 2311.12908, Eq. 14) is ``dpo`` with beta = 5000, and its
 hinge and IPO forms of the diffusers scripts are ``hinge`` and ``ipo_sum`` with beta twice the script's.

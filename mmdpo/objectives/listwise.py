@@ -13,21 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmdpo.objectives.core import LogLik, ObjectiveOutput, Preferences
+from mmdpo.objectives.pairs import PairMode, dense_ranks, pair_mask
 
 
 def _implicit_reward(policy: LogLik, reference: LogLik | None) -> Tensor:
     """``[B, K]`` log-ratio r = logp - logp_ref (logp when reference-free)."""
     return policy.total() if reference is None else policy.total() - reference.total().to(policy.values.dtype)
-
-
-def _ordered_pairs(ranks: Tensor) -> Tensor:
-    """``[B, K, K]`` bool: candidate i is ranked strictly better than j."""
-    return ranks.unsqueeze(-1) < ranks.unsqueeze(-2)
-
-
-def _dense(ranks: Tensor) -> Tensor:
-    """Ranks renumbered 0, 1, 2, ... without gaps (ties kept)."""
-    return (ranks.unsqueeze(-1) > ranks.unsqueeze(-2)).sum(-1)
 
 
 def _pair_logistic(s: Tensor, weight: Tensor) -> Tensor:
@@ -59,7 +50,7 @@ def listwise_metrics(rewards: Tensor, logps: Tensor, ranks: Tensor) -> dict[str,
     def mean_of(x: Tensor, mask: Tensor) -> Tensor:
         return ((x * mask).sum(-1) / mask.sum(-1)).mean()
 
-    ordered = _ordered_pairs(ranks)
+    ordered = pair_mask(ranks, "all")
     diff = rewards.unsqueeze(-1) - rewards.unsqueeze(-2)
     correct = (diff > 0).float() + 0.5 * (diff == 0).float()
     chosen, rejected = mean_of(rewards, best), mean_of(rewards, worst)
@@ -103,9 +94,9 @@ def _lambda_rank(
     """-sum_{i better than j} Delta_ij logsig(s_i - s_j) with LambdaLoss weights; see :func:`lipo_lambda`."""
     ranks = prefs.ranking().to(policy.values.device)
     s = beta * _implicit_reward(policy, reference)
-    label = prefs.scores.to(s) if prefs.scores is not None else (ranks.shape[1] - 1 - _dense(ranks)).to(s)
+    label = prefs.scores.to(s) if prefs.scores is not None else (ranks.shape[1] - 1 - dense_ranks(ranks)).to(s)
     with torch.no_grad():
-        pairs = _ordered_pairs(ranks).to(s)
+        pairs = pair_mask(ranks, "all").to(s)
         gain = 2**label  # G = 2^psi - 1; the -1 cancels in |G_i - G_j|
         if weighting == "uniform":
             weight = pairs
@@ -126,8 +117,8 @@ def lipo_lambda(policy: LogLik, reference: LogLik | None, prefs: Preferences, *,
     tau the 1-based position under the current scores (detached; ties go to the better label). The
     paper writes log(1 + tau); base 2 is the DCG convention of LambdaLoss / TF-Ranking, which LiPO
     builds on, and a change of base only rescales every weight by the same constant. Labels psi are
-    ``Preferences.scores`` when given, else K-1-rank. Summed over pairs, not normalised: at K = 2 it is
-    DPO times 1 - 1/log2(3) = 0.369.
+    ``Preferences.scores`` when given, else K-1-level (the dense rank, ties sharing a level). Summed over pairs,
+    not normalised: at K = 2 it is DPO times 1 - 1/log2(3) = 0.369.
     """
     return _lambda_rank(policy, reference, prefs, beta, "lambda")
 
@@ -143,7 +134,7 @@ def rankdpo(
     """RankDPO (Karthik et al. 2024, arXiv 2410.18013, Alg. 2): DCG-weighted pairwise DPO over a ranked list.
 
     -sum_{i better than j} Delta_ij logsig(s_i - s_j) with gains 2^phi from the soft scores phi
-    (``Preferences.scores``, Syn-Pic's preference fractions in [0, 1]; K-1-rank without them) and the
+    (``Preferences.scores``, Syn-Pic's preference fractions in [0, 1]; K-1-level without them) and the
     positions tau under the current model scores, as :func:`lipo_lambda`. ``weighting``: ``lambda``
     (Delta_ij, the paper), ``gain`` (|G_i - G_j| only) or ``uniform`` (every pair 1: summed all-pairs DPO),
     the paper's ablation.
@@ -152,30 +143,17 @@ def rankdpo(
 
 
 def curry_dpo(
-    policy: LogLik,
-    reference: LogLik | None,
-    prefs: Preferences,
-    *,
-    beta: float = 0.1,
-    pairs: Literal["all", "best_vs_rest", "adjacent"] = "all",
+    policy: LogLik, reference: LogLik | None, prefs: Preferences, *, beta: float = 0.1, pairs: PairMode = "all"
 ) -> ObjectiveOutput:
     """Curry-DPO's multi-pair expansion (Pattnaik et al. 2024, arXiv 2403.07230, Sec. 3) in one forward.
 
-    The mean DPO loss over the pairs of each ranked list: ``all`` ordered pairs, ``best_vs_rest`` or
-    ``adjacent`` ranks. Each candidate is scored once however many pairs it joins; the curriculum
-    (easy pairs first) is a data order.
+    The mean DPO loss over the pairs of each ranked list: ``all`` ordered pairs, ``best_vs_rest``, ``adjacent``
+    rank levels or ``best_vs_worst`` (:mod:`mmdpo.objectives.pairs`, the rule ``data.pairs`` expands lists by).
+    Each candidate is scored once however many pairs it joins; the curriculum (easy pairs first) is a data order.
     """
     ranks = prefs.ranking().to(policy.values.device)
     s = beta * _implicit_reward(policy, reference)
-    dense = _dense(ranks)
-    if pairs == "all":
-        mask = _ordered_pairs(ranks)
-    elif pairs == "best_vs_rest":
-        mask = (dense == 0).unsqueeze(-1) & (dense > 0).unsqueeze(-2)
-    elif pairs == "adjacent":
-        mask = dense.unsqueeze(-1) + 1 == dense.unsqueeze(-2)
-    else:
-        raise ValueError(f"objective.pairs={pairs!r} is unknown; use all, best_vs_rest or adjacent.")
+    mask = pair_mask(ranks, pairs, "objective.pairs")
     weight = mask / mask.sum((-1, -2), keepdim=True).clamp_min(1)
     return ObjectiveOutput(losses=_pair_logistic(s, weight), metrics=listwise_metrics(s, policy.total(), ranks))
 

@@ -195,6 +195,10 @@ def build_pair(
     return pair, w, l
 
 
+PAIR_OPTIONS = [p for p in inspect.signature(build_pair).parameters.values() if p.kind is p.KEYWORD_ONLY]
+"""The options of :func:`build_pair` every lifted kernel takes (LD-DPO, f-DPO)."""
+
+
 def pairwise(kernel: Kernel) -> Callable[..., ObjectiveOutput]:
     """Lift ``kernel(pair, *, beta, ...) -> losses [B]`` into an objective with the shared options.
 
@@ -208,23 +212,12 @@ def pairwise(kernel: Kernel) -> Callable[..., ObjectiveOutput]:
         reference: LogLik | None,
         prefs: Preferences,
         *,
-        ld_alpha: float | None = None,
-        ld_reference: bool = True,
-        f_divergence: FDivergence = "reverse_kl",
-        f_alpha: float = 0.5,
         wpo: bool = False,
         sft_weight: float = 0.0,
         **hparams,
     ) -> ObjectiveOutput:
-        pair, w, l = build_pair(
-            policy,
-            reference,
-            prefs,
-            ld_alpha=ld_alpha,
-            ld_reference=ld_reference,
-            f_divergence=f_divergence,
-            f_alpha=f_alpha,
-        )
+        options = {p.name: hparams.pop(p.name) for p in PAIR_OPTIONS if p.name in hparams}
+        pair, w, l = build_pair(policy, reference, prefs, **options)
         out = kernel(pair, **hparams)
         beta = hparams.get("beta", kernel_defaults.get("beta", 1.0))
         if isinstance(out, tuple):
@@ -243,10 +236,10 @@ def pairwise(kernel: Kernel) -> Callable[..., ObjectiveOutput]:
 
     kernel_params = list(inspect.signature(kernel).parameters.values())[1:]
     kernel_defaults = {p.name: p.default for p in kernel_params}
-    shared = [
-        p for p in inspect.signature(objective, follow_wrapped=False).parameters.values() if p.kind is not p.VAR_KEYWORD
-    ]
-    objective.__signature__ = inspect.Signature(shared + kernel_params)
+    own = inspect.signature(objective, follow_wrapped=False).parameters.values()
+    positional = [p for p in own if p.kind is p.POSITIONAL_OR_KEYWORD]
+    flags = [p for p in own if p.kind is p.KEYWORD_ONLY]
+    objective.__signature__ = inspect.Signature(positional + PAIR_OPTIONS + flags + kernel_params)
     return objective
 
 

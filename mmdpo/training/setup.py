@@ -1,91 +1,114 @@
-"""From a config to what the loop needs, per modality: the adapter, the datasets and the collate functions."""
+"""From a config to everything the loop runs: the accelerator, the objective, the adapter of the config's modality,
+its data, the prepared scorer, the optimizer and the schedule.
+
+    run = set_up(load_config("configs/llm/dpo.yaml"))
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 from accelerate import Accelerator
-from datasets import Dataset
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
 
-from mmdpo.config import Config, ConfigError, modality
-from mmdpo.objectives import Objective
+from mmdpo.adapters.base import Adapter, AdapterData, BuildContext
+from mmdpo.config import Config, ConfigError, resolved_reference
+from mmdpo.data.schema import provided_labels
+from mmdpo.modalities import get_modality
+from mmdpo.objectives import Objective, check_labels, get_objective
 from mmdpo.precision import half_dtype
+from mmdpo.training.batches import Order, epoch_batches
 
 
 @dataclass
-class Setup:
-    """An adapter (``scorer``, ``frozen_modules``, ``inputs``, ``policy_loglik``, ``reference_loglik``, ``save``),
-    its data, and ``collate(rows, epoch) -> batch`` for the train and the eval rows."""
+class Run:
+    """What one training run holds; the loop, the callbacks and a schedule of stages read and replace its parts.
 
-    adapter: Any
-    train: Dataset
-    eval: Dataset | None
-    skipped: dict[str, int]
-    collate: Callable[[list[dict], int], Any]
-    eval_collate: Callable[[list[dict], int], Any] | None = None
+    ``scorer`` is the adapter's scorer as accelerate prepared it (DDP, autocast); ``params`` its trained parameters;
+    ``order`` the order of the training groups per epoch (:mod:`mmdpo.training.batches`).
+    """
 
-    def __post_init__(self) -> None:
-        self.eval_collate = self.eval_collate or self.collate
+    config: Config
+    accelerator: Accelerator
+    objective: Objective
+    adapter: Adapter
+    data: AdapterData
+    scorer: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int
+    total_steps: int
+    eval_loader: DataLoader | None
+    order: Order = epoch_batches
 
-
-def set_up(config: Config, accelerator: Accelerator, objective: Objective, reference: str) -> Setup:
-    """Load the model and the data the config names."""
-    half = half_dtype(config.train.mixed_precision)
-    kind = modality(config.model)
-    if kind == "text_to_image":
-        return _set_up_text_to_image(config, reference, half)
-    if kind == "vlm":
-        return _set_up_vlm(config, accelerator, objective, reference, half)
-
-    from mmdpo.adapters.llm import LLMAdapter
-
-    adapter = LLMAdapter.from_config(config.model, reference, extras=objective.extras, reference_dtype=half)
-    return _set_up_tokens(adapter, config, accelerator, objective, reference)
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
-def _set_up_tokens(adapter, config: Config, accelerator: Accelerator, objective: Objective, reference: str) -> Setup:
-    """Tokenised groups for a causal-LM or vision-language adapter, checked against what the objective reads."""
-    from mmdpo.training.data import prepare_datasets
+def set_up(config: Config) -> Run:
+    """Build the run a config describes (model, data, optimizer), checking the data against the objective."""
+    tc = config.train
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
+    set_seed(tc.seed)
+    objective = get_objective(config.objective.name, **config.objective.hparams)
+    context = BuildContext(objective, resolved_reference(config), half_dtype(tc.mixed_precision), accelerator)
+    adapter = get_modality(config.model.modality).adapter_class().from_config(config, context)
+    data = adapter.data(config, accelerator)
+    try:
+        check_labels(objective, provided_labels(data.train))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
-    train, evaluation, skipped = prepare_datasets(config, adapter, accelerator, reference)
-    if "step_index" in objective.extras and (len(train) == 0 or train[0]["step_ids"] is None):
+    world = accelerator.num_processes
+    per_epoch = len(epoch_batches(len(data.train), tc.batch_size, world, 0, tc.seed, 0)) // tc.grad_accum
+    if per_epoch == 0:
         raise ConfigError(
-            f"objective.name={objective.name} needs step data, but data.path={config.data.path!r} has no steps; "
-            "give the steps or step_dpo format (see mmdpo.data.loaders)."
+            f"{len(data.train)} training groups do not fill one step of train.batch_size={tc.batch_size} x "
+            f"train.grad_accum={tc.grad_accum} x {world} processes; lower train.batch_size or add data."
         )
-    mismatched = "mismatched" in objective.extras
-    return Setup(adapter, train, evaluation, skipped, lambda rows, epoch: adapter.collate(rows, mismatched=mismatched))
+    total_steps = tc.max_steps or per_epoch * tc.epochs
+    params = [p for p in adapter.scorer.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, tc, accelerator.device)
+    schedule = get_scheduler(tc.scheduler, optimizer, int(tc.warmup_ratio * total_steps), total_steps)
+    scorer, optimizer = accelerator.prepare(adapter.scorer, optimizer)
+    for module in adapter.frozen_modules:
+        module.to(accelerator.device)
+    eval_loader = held_out_loader(data, tc.batch_size, accelerator)
+    return Run(config, accelerator, objective, adapter, data, scorer, params, optimizer, schedule, per_epoch,
+               total_steps, eval_loader)  # fmt: skip
 
 
-def _set_up_vlm(
-    config: Config, accelerator: Accelerator, objective: Objective, reference: str, half: torch.dtype | None
-) -> Setup:
-    """A vision-language adapter on image + question groups; images are decoded per batch."""
-    from mmdpo.adapters.vlm import VLMAdapter
+def make_optimizer(params: list[nn.Parameter], tc, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA), or Adafactor with a fixed learning rate as the official SDXL Diffusion-DPO uses it to
+    fit a full fine-tune (no relative step, no parameter scaling, update clipping at 1)."""
+    if tc.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
 
-    adapter = VLMAdapter.from_config(config.model, reference, extras=objective.extras, reference_dtype=half)
-    return _set_up_tokens(adapter, config, accelerator, objective, reference)
+        return Adafactor(
+            params, lr=tc.lr, weight_decay=tc.weight_decay, clip_threshold=1.0, scale_parameter=False,
+            relative_step=False,
+        )  # fmt: skip
+    return torch.optim.AdamW(
+        params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, fused=device.type == "cuda"
+    )
 
 
-def _set_up_text_to_image(config: Config, reference: str, half: torch.dtype | None) -> Setup:
-    """From the encode cache when there is one for this config (no VAE, no text encoders), else from images."""
-    from mmdpo.adapters.text_to_image import TextToImageAdapter
-    from mmdpo.training.data import load_image_source, split_image_groups
-    from mmdpo.training.encodings import open_encode_caches
-
-    caches = open_encode_caches(config)
-    if caches is not None:
-        adapter = TextToImageAdapter.from_config(config, reference, half, empty_conditions=caches[0].empty_prompt())
-        eval_groups = caches[1].group_set() if len(caches) > 1 else None
-        train, evaluation, skipped = split_image_groups(config, caches[0].group_set(), eval_groups)
-        seed = config.train.seed
-        return Setup(adapter, train, evaluation, skipped, partial(caches[0].collate, seed=seed),
-                     partial(caches[-1].collate, seed=seed))  # fmt: skip
-    adapter = TextToImageAdapter.from_config(config, reference, half)
-    groups = [load_image_source(path, split, config) for path, split in config.data.sources]
-    train, evaluation, skipped = split_image_groups(config, groups[0], groups[1] if len(groups) > 1 else None)
-    return Setup(adapter, train, evaluation, skipped, partial(adapter.collate, seed=config.train.seed))
+def held_out_loader(data: AdapterData, batch_size: int, accelerator: Accelerator) -> DataLoader | None:
+    """This process's share of the held-out groups, in order, or None without any."""
+    if data.eval is None or not len(data.eval):
+        return None
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if len(data.eval) < world:
+        raise ConfigError(
+            f"{len(data.eval)} held-out groups cannot be shared by {world} processes; "
+            "raise data.eval_fraction or set it to 0."
+        )
+    shard = data.eval.select(range(rank, len(data.eval), world))
+    return DataLoader(shard, batch_size=batch_size, collate_fn=partial(data.eval_collate, epoch=0))

@@ -2,12 +2,12 @@
 
     result = train(load_config("configs/llm/dpo.yaml", ["train.max_steps=100"]))
 
-Per optimizer step: for each micro-batch, the reference runs first (no gradients), then the
-policy, then the objective; gradients accumulate over ``train.grad_accum`` micro-batches and
-all processes, are clipped, and the optimizer and schedule step. Metrics are averaged over
-micro-batches and processes, logged to the console, ``metrics.jsonl`` and TensorBoard. Checkpoints
-(``checkpoints/step-N``) hold the model, optimizer, schedule, RNG and objective state, so a resumed
-run continues with the same numbers.
+Per optimizer step: for each micro-batch, the adapter draws the shared inputs, the reference runs (no gradients),
+then the policy, then the objective (:class:`~mmdpo.training.step.Step`); gradients accumulate over
+``train.grad_accum`` micro-batches and all processes, are clipped, and the optimizer and schedule step. Metrics are
+averaged over micro-batches and processes, logged to the console, ``metrics.jsonl`` and TensorBoard. Checkpoints
+(``checkpoints/step-N``) hold the model, optimizer, schedule, RNG and objective state, so a resumed run continues
+with the same numbers. Everything else hangs off :mod:`~mmdpo.training.callbacks`.
 """
 
 from __future__ import annotations
@@ -15,24 +15,21 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from mmdpo.config import Config, resolved_reference
-from mmdpo.objectives import Objective, get_objective
+from mmdpo.config import Config
 from mmdpo.training import checkpoint
-from mmdpo.training.logs import RunLog, image_grid, plot_curves
-from mmdpo.training.setup import set_up
+from mmdpo.training.batches import micro_batches
+from mmdpo.training.callbacks import Callback, TrainState, default_callbacks
+from mmdpo.training.logs import RunLog, plot_curves
+from mmdpo.training.setup import Run, set_up
+from mmdpo.training.step import Step, evaluate, mean_metrics
 
 
 @dataclass
@@ -48,233 +45,139 @@ class RunResult:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int) -> list[list[int]]:
-    """This process's share of each global batch of one epoch, in a seeded order; the tail is dropped."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    global_batch = batch_size * world
-    return [
-        order[start + rank * batch_size : start + (rank + 1) * batch_size]
-        for start in range(0, n - global_batch + 1, global_batch)
-    ]
+def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Run a whole training job; ``callbacks`` add to those the config asks for (checkpoints, samples)."""
+    tc, output_dir = config.train, Path(config.train.output_dir)
+    run = set_up(config)
+    step_fn = Step(run.objective, run.adapter, run.scorer, run.accelerator.autocast)
+    log = RunLog(output_dir, tensorboard=tc.tensorboard and run.is_main)
+    state = start_or_resume(run, log)
+    if run.eval_loader is not None and state.step == 0:
+        state.eval_before = evaluate(step_fn, run.eval_loader, run.accelerator, state.objective_state)
+        if run.is_main:
+            log.write(0, state.eval_before)
+            (output_dir / "eval_before.json").write_text(json.dumps(state.eval_before))
+    callbacks = [*default_callbacks(run, log), *callbacks]
+    for callback in callbacks:
+        callback.on_train_start(run, state)
 
-
-def micro_batches(
-    dataset, collate_fn: Callable, tc, *, world: int, rank: int, per_epoch: int, start_step: int, num_workers: int
-) -> Iterator:
-    """This process's micro-batches from optimizer step ``start_step`` on, epoch after epoch, in seeded order."""
-    epoch, offset = divmod(start_step * tc.grad_accum, per_epoch * tc.grad_accum)
-    while True:
-        order = epoch_batches(len(dataset), tc.batch_size, world, rank, tc.seed, epoch)[: per_epoch * tc.grad_accum]
-        collate = partial(collate_fn, epoch=epoch)
-        yield from DataLoader(dataset, batch_sampler=order[offset:], collate_fn=collate, num_workers=num_workers)
-        epoch, offset = epoch + 1, 0
-
-
-def make_optimizer(params: list[torch.nn.Parameter], tc, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA), or Adafactor with a fixed learning rate as the official SDXL Diffusion-DPO uses it to
-    fit a full fine-tune (no relative step, no parameter scaling, update clipping at 1)."""
-    if tc.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(
-            params, lr=tc.lr, weight_decay=tc.weight_decay, clip_threshold=1.0, scale_parameter=False,
-            relative_step=False,
-        )  # fmt: skip
-    return torch.optim.AdamW(
-        params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, fused=device.type == "cuda"
-    )
-
-
-class Step:
-    """Computes one micro-batch's objective output from the policy, the reference and the labels.
-
-    The adapter prepares the inputs once (for diffusion: encodings and one noise draw per group, from the group's
-    own seed, so a group's draw does not depend on its batch, its process or a restart), so the reference and the
-    policy see the same randomness; the reference runs first, without gradients.
-    """
-
-    def __init__(self, objective: Objective, adapter, scorer, autocast: Callable):
-        self.objective, self.adapter, self.scorer, self.autocast = objective, adapter, scorer, autocast
-
-    def __call__(self, batch, state: dict | None):
-        with self.autocast():  # the adapter's frozen parts are not prepared modules, so they get no autocast
-            inputs = self.adapter.inputs(batch)
-            reference = self.adapter.reference_loglik(batch, inputs)
-        policy = self.adapter.policy_loglik(self.scorer, batch, inputs)
-        return self.objective(policy, reference, batch.prefs, state)
-
-
-def write_samples(adapter, samples, prompts: list[str], step: int, log: RunLog, autocast: Callable) -> None:
-    """The validation grid of the policy's images (text-to-image): prompts by rows, seeds by columns."""
-    with autocast():
-        images = adapter.generate(
-            prompts, range(samples.seeds), steps=samples.steps, guidance_scale=samples.guidance_scale
-        )
-    log.images(step, image_grid(images, prompts, [f"seed {seed}" for seed in range(samples.seeds)]))
-
-
-def _mean_metrics(records: list[dict[str, torch.Tensor]], accelerator: Accelerator) -> dict[str, float]:
-    keys = records[0].keys()
-    stacked = torch.stack([torch.stack([r[k].float() for k in keys]) for r in records]).mean(0)
-    stacked = accelerator.reduce(stacked.to(accelerator.device), reduction="mean")
-    return {k: float(v) for k, v in zip(keys, stacked)}
-
-
-def evaluate(step_fn: Step, loader: DataLoader, accelerator: Accelerator, state: dict | None) -> dict[str, float]:
-    """Objective metrics averaged over held-out groups, without gradients, with the same noise every time."""
-    records = []
-    with torch.no_grad():
-        for batch in loader:
-            out = step_fn(batch.to(accelerator.device), state)
-            records.append({"loss": out.loss.detach(), **out.metrics})
-    return {f"eval/{k}": v for k, v in _mean_metrics(records, accelerator).items()} if records else {}
-
-
-def train(config: Config, on_step: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
-    """Run a whole training job; ``on_step(step, metrics)`` is called after every logged step."""
-    tc = config.train
-    output_dir = Path(tc.output_dir)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
-    set_seed(tc.seed)
-    objective = get_objective(config.objective.name, **config.objective.hparams)
-    reference_kind = resolved_reference(config)
-
-    setup = set_up(config, accelerator, objective, reference_kind)
-    adapter, train_ds, eval_ds, skipped = setup.adapter, setup.train, setup.eval, setup.skipped
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch = len(epoch_batches(len(train_ds), tc.batch_size, world, rank, tc.seed, 0)) // tc.grad_accum
-    if per_epoch == 0:
-        raise ValueError(
-            f"{len(train_ds)} training groups do not fill one step of batch_size={tc.batch_size} x grad_accum="
-            f"{tc.grad_accum} x {world} processes; lower train.batch_size or add data."
-        )
-    total_steps = tc.max_steps or per_epoch * tc.epochs
-
-    params = [p for p in adapter.scorer.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, tc, accelerator.device)
-    schedule = get_scheduler(tc.scheduler, optimizer, int(tc.warmup_ratio * total_steps), total_steps)
-    scorer, optimizer = accelerator.prepare(adapter.scorer, optimizer)
-    for module in adapter.frozen_modules:
-        module.to(accelerator.device)
-    step_fn = Step(objective, adapter, scorer, accelerator.autocast)
-
-    eval_loader = None
-    if eval_ds is not None and len(eval_ds):
-        if len(eval_ds) < world:
-            raise ValueError(
-                f"{len(eval_ds)} held-out groups cannot be shared by {world} processes; "
-                "raise data.eval_fraction or set it to 0."
-            )
-        shard = list(range(rank, len(eval_ds), world))
-        eval_loader = DataLoader(
-            eval_ds.select(shard), batch_size=tc.batch_size, collate_fn=partial(setup.eval_collate, epoch=0)
-        )
-
-    state = {"step": 0, "objective_state": None}
-    log = RunLog(output_dir, tensorboard=tc.tensorboard and accelerator.is_main_process)
-    resume_from = checkpoint.latest(output_dir) if tc.resume else None
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, accelerator, schedule)
-        if accelerator.is_main_process:
-            log.truncate_after(state["step"])
-    elif accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        log.truncate_after(-1)  # a fresh run in a used directory starts a fresh log
-
-    result = RunResult(output_dir=output_dir, final_dir=output_dir / "final", steps=total_steps, skipped=skipped)
-    if eval_loader is not None and state["step"] == 0:
-        result.eval_before = evaluate(step_fn, eval_loader, accelerator, state["objective_state"])
-        if accelerator.is_main_process:
-            log.write(0, result.eval_before)
-    sampling = tc.samples.every is not None and accelerator.is_main_process
-    prompts = tc.samples.prompts or list(dict.fromkeys((eval_ds or train_ds)["prompt"]))[:4] if sampling else []
-    if sampling and state["step"] == 0:
-        write_samples(adapter, tc.samples, prompts, 0, log, accelerator.autocast)
-
+    result = RunResult(output_dir, output_dir / "final", run.total_steps, eval_before=state.eval_before,
+                       skipped=run.data.skipped)  # fmt: skip
     batches = micro_batches(
-        train_ds, setup.collate, tc, world=world, rank=rank, per_epoch=per_epoch, start_step=state["step"],
-        num_workers=config.data.num_workers,
+        run.data.train, run.data.collate, tc, world=run.accelerator.num_processes, rank=run.accelerator.process_index,
+        per_epoch=run.steps_per_epoch, start_step=state.step, num_workers=config.data.num_workers, order=run.order,
     )  # fmt: skip
-    bar = tqdm(
-        total=total_steps,
-        initial=state["step"],
-        desc="train",
-        disable=not (tc.progress and accelerator.is_main_process),
-    )
-    scorer.train()
-    groups_per_step = tc.batch_size * tc.grad_accum * world
-    clock = (time.perf_counter(), state["step"])
-    pending: list[dict[str, torch.Tensor]] = []
-    grad_norms: list[torch.Tensor] = []
-    nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
-    for step in range(state["step"] + 1, total_steps + 1):
-        for micro in range(tc.grad_accum):
-            batch = next(batches).to(accelerator.device)
-            sync = accelerator.no_sync(scorer) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
-            with sync:
-                out = step_fn(batch, state["objective_state"])
-                nonfinite |= ~torch.isfinite(out.loss.detach())  # checked when the host syncs anyway
-                accelerator.backward(out.loss / tc.grad_accum)
-            state["objective_state"] = out.state
-            pending.append({"loss": out.loss.detach(), **out.metrics})
-        if tc.max_grad_norm is not None:
-            grad_norms.append(accelerator.clip_grad_norm_(params, tc.max_grad_norm).detach().float())
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="train", disable=not (tc.progress and run.is_main))
+    meter = Meter(run, state.step)
+    run.scorer.train()
+    for step in range(state.step + 1, run.total_steps + 1):
+        state.step = step
+        meter.add(optimizer_step(run, step_fn, batches, state))
         bar.update(1)
-
-        logged = step % tc.log_every == 0 or step == total_steps
+        logged = state.step % tc.log_every == 0 or state.step == run.total_steps
         if logged:
-            _check_finite(nonfinite, step)
-            metrics = _mean_metrics(pending, accelerator)
-            metrics["lr"] = schedule.get_last_lr()[0]
-            if grad_norms:
-                metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
-            metrics["throughput/groups_per_s"] = groups_per_step * (step - clock[1]) / (time.perf_counter() - clock[0])
-            if accelerator.device.type == "cuda":
-                metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
-            pending, grad_norms = [], []
+            metrics = meter.metrics(state)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('rewards/accuracies', float('nan')):.2f}")
-            if eval_loader is not None and tc.eval_every and step % tc.eval_every == 0 and step != total_steps:
-                metrics.update(evaluate(step_fn, eval_loader, accelerator, state["objective_state"]))
-            if step == total_steps and eval_loader is not None:
-                result.eval_after = evaluate(step_fn, eval_loader, accelerator, state["objective_state"])
-                metrics.update(result.eval_after)
-            if accelerator.is_main_process:
-                log.write(step, metrics)
-            result.history.append({"step": step, **metrics})
-            if on_step is not None:
-                on_step(step, metrics)
-        if sampling and (step % tc.samples.every == 0 or step == total_steps):
-            write_samples(adapter, tc.samples, prompts, step, log, accelerator.autocast)
-        if tc.save_every and step % tc.save_every == 0 and step != total_steps:
-            _check_finite(nonfinite, step)
-            checkpoint.save(output_dir, step, accelerator, schedule, state, tc.keep_checkpoints)
+            due = tc.eval_every and state.step % tc.eval_every == 0
+            if run.eval_loader is not None and (due or state.step == run.total_steps):
+                metrics.update(evaluate(step_fn, run.eval_loader, run.accelerator, state.objective_state))
+            if run.is_main:
+                log.write(state.step, metrics)
+            result.history.append({"step": state.step, **metrics})
+            for callback in callbacks:
+                callback.on_log(run, state, metrics)
+        for callback in callbacks:
+            callback.on_step_end(run, state)
         if logged:  # throughput counts training steps only, not evaluation, samples or checkpoints
-            clock = (time.perf_counter(), step)
+            meter.restart_clock(state.step)
     bar.close()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        adapter.save(accelerator.unwrap_model(scorer), result.final_dir)
-        (output_dir / "summary.json").write_text(
-            json.dumps(
-                {"eval_before": result.eval_before, "eval_after": result.eval_after, "skipped": skipped}, indent=2
-            )
-        )
-        if tc.plots:
-            plot_curves(log.path, output_dir / "training_curves.png")
-    log.close()
+    for callback in callbacks:
+        callback.on_train_end(run, state)
+    result.eval_after = {k: v for k, v in result.history[-1].items() if k.startswith("eval/")} if result.history else {}
+    finish(run, result, log)
     return result
 
 
-def _check_finite(nonfinite: torch.Tensor, step: int) -> None:
-    if bool(nonfinite):
-        raise FloatingPointError(
-            f"The loss became NaN or infinite at or before step {step}; lower train.lr, use train.mixed_precision=bf16 "
-            "instead of fp16, or check the data for empty responses. The last checkpoint is intact."
-        )
+def start_or_resume(run: Run, log: RunLog) -> TrainState:
+    """The newest checkpoint's state when ``train.resume`` finds one, else a fresh run in ``output_dir``."""
+    tc, output_dir = run.config.train, Path(run.config.train.output_dir)
+    resume_from = checkpoint.latest(output_dir) if tc.resume else None
+    if resume_from is not None:
+        saved = checkpoint.load(resume_from, run.accelerator, run.schedule)
+        before = output_dir / "eval_before.json"
+        eval_before = json.loads(before.read_text()) if before.exists() else {}
+        state = TrainState(saved["step"], saved["objective_state"], eval_before)
+        if run.is_main:
+            print(f"mmdpo: resuming from step {state.step} ({resume_from})")
+            log.truncate_after(state.step)
+        return state
+    if run.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+        log.truncate_after(-1)  # a fresh run in a used directory starts a fresh log
+    return TrainState()
+
+
+def optimizer_step(run: Run, step_fn: Step, batches: Iterator, state: TrainState) -> list[dict[str, torch.Tensor]]:
+    """Accumulate ``train.grad_accum`` micro-batches, clip, step; returns the micro-batches' metrics (on device)."""
+    tc, accelerator = run.config.train, run.accelerator
+    records = []
+    for micro in range(tc.grad_accum):
+        batch = next(batches).to(accelerator.device)
+        sync = accelerator.no_sync(run.scorer) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
+        with sync:
+            out = step_fn(batch, state.objective_state)
+            accelerator.backward(out.loss / tc.grad_accum)
+        state.objective_state = out.state
+        records.append({"loss": out.loss.detach(), **out.metrics})
+        state.flag_nonfinite(out.loss.detach())
+    if tc.max_grad_norm is not None:
+        records[-1]["grad_norm"] = accelerator.clip_grad_norm_(run.params, tc.max_grad_norm).detach().float()
+    run.optimizer.step()
+    run.schedule.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return records
+
+
+class Meter:
+    """Metrics of the steps since the last log: means over micro-batches and processes, learning rate, throughput of
+    training steps only (evaluation, samples and checkpoints excluded), peak memory; a NaN or infinite loss stops
+    the run here, where the host syncs anyway."""
+
+    def __init__(self, run: Run, step: int):
+        self.run, self.pending = run, []
+        self.clock = (time.perf_counter(), step)
+
+    def add(self, records: list[dict[str, torch.Tensor]]) -> None:
+        self.pending.extend(records)
+
+    def metrics(self, state: TrainState) -> dict[str, float]:
+        run, tc = self.run, self.run.config.train
+        state.check_finite()
+        norms = [r.pop("grad_norm") for r in self.pending if "grad_norm" in r]
+        metrics = mean_metrics(self.pending, run.accelerator)
+        metrics["lr"] = run.schedule.get_last_lr()[0]
+        if norms:
+            metrics["grad_norm"] = float(torch.stack(norms).mean())
+        groups = tc.batch_size * tc.grad_accum * run.accelerator.num_processes
+        elapsed = time.perf_counter() - self.clock[0]
+        metrics["throughput/groups_per_s"] = groups * (state.step - self.clock[1]) / elapsed
+        if run.accelerator.device.type == "cuda":
+            metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(run.accelerator.device) / 2**30
+        self.pending = []
+        return metrics
+
+    def restart_clock(self, step: int) -> None:
+        self.clock = (time.perf_counter(), step)
+
+
+def finish(run: Run, result: RunResult, log: RunLog) -> None:
+    """Save the final model in its ecosystem's format, the summary and the training curves."""
+    run.accelerator.wait_for_everyone()
+    if run.is_main:
+        run.adapter.save(run.accelerator.unwrap_model(run.scorer), result.final_dir)
+        summary = {"eval_before": result.eval_before, "eval_after": result.eval_after, "skipped": result.skipped}
+        (result.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if run.config.train.plots:
+            plot_curves(log.path, result.output_dir / "training_curves.png")
+    log.close()

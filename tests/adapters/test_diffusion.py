@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from peft import LoraConfig
 
-from mmdpo.adapters.diffusion import denoising_loglik, draw_noise, drop_conditions, noise_latents
+from mmdpo.adapters.latent_diffusion.estimator import denoising_loglik
+from mmdpo.adapters.latent_diffusion.noising import draw_noise, noise_latents
+from mmdpo.adapters.latent_diffusion.randomness import drop_conditions
 from mmdpo.adapters.reference import adapter_disabled
 from mmdpo.objectives import LogLik, Preferences, get_objective
 

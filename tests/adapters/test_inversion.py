@@ -6,12 +6,12 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-from mmdpo.adapters.diffusion import NoiseDraw, Noising, noise_latents
-from mmdpo.adapters.inversion import ddim_invert, ddim_move, implied_noise, posterior_std
-from mmdpo.adapters.tiny import tiny_text_to_image
+from mmdpo.adapters.latent_diffusion.families.sd15 import SD15
+from mmdpo.adapters.latent_diffusion.inversion import ddim_invert, ddim_move, implied_noise, posterior_std
+from mmdpo.adapters.latent_diffusion.noising import NoiseDraw, Noising, noise_latents
 
-PARTS = tiny_text_to_image("sd15")
-UNET, SCHEDULER = PARTS["unet"].eval(), PARTS["scheduler"]
+TINY = SD15().tiny()
+UNET, SCHEDULER = TINY.denoiser.eval(), TINY.scheduler
 ALPHAS = SCHEDULER.alphas_cumprod
 
 

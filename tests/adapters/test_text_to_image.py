@@ -7,16 +7,12 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from mmdpo.adapters.diffusion import Noising
-from mmdpo.adapters.text_to_image import (
-    ImageBatch,
-    TextToImageAdapter,
-    add_lora,
-    encode_prompts,
-    group_seeds,
-    load_text_to_image,
-    tokenize_prompts,
-)
+from mmdpo.adapters.latent_diffusion.batch import LatentBatch
+from mmdpo.adapters.latent_diffusion.latents import encode_moments
+from mmdpo.adapters.latent_diffusion.model import add_lora, use_xformers
+from mmdpo.adapters.latent_diffusion.noising import Noising
+from mmdpo.adapters.latent_diffusion.randomness import group_seeds
+from mmdpo.adapters.text_to_image import ImageMedia, TextToImageAdapter, load_text_to_image
 from mmdpo.config import LoraSection
 from mmdpo.objectives import Preferences, get_objective
 
@@ -26,39 +22,57 @@ PROMPTS = ["a red circle", "a blue square on green"]
 def adapter(kind="sd15", reference="copy", lora=False, **options):
     model = load_text_to_image(f"tiny:{kind}")
     if lora:
-        add_lora(model.unet, LoraSection(r=4, alpha=4))
-    return TextToImageAdapter(model, reference=reference, resolution=16, **options)
+        add_lora(model.denoiser, LoraSection(r=4, alpha=4), model.family.lora_targets)
+    return TextToImageAdapter(model, reference=reference, media=ImageMedia(16), **options)
 
 
 def image_batch(ad, k=2, prompts=PROMPTS, seed=0, time_ids=None):
     g = torch.Generator().manual_seed(seed)
     b = len(prompts)
-    return ImageBatch(
+    return LatentBatch(
         prefs=Preferences(ranks=torch.tensor([[0, 1]] * b)),
-        pixels=torch.rand(b, k, 3, 16, 16, generator=g) * 2 - 1,
-        input_ids=tokenize_prompts(ad.model.tokenizers, prompts),
-        time_ids=(time_ids if time_ids is not None else torch.tensor([[16.0, 16, 0, 0, 16, 16]] * b))
-        if ad.model.sdxl
-        else None,
+        media=torch.rand(b, k, 3, 16, 16, generator=g) * 2 - 1,
+        input_ids=ad.model.family.tokenize(ad.model.tokenizers, prompts),
+        extra={"time_ids": time_ids if time_ids is not None else torch.tensor([[16.0, 16, 0, 0, 16, 16]] * b)}
+        if ad.model.family.name == "sdxl"
+        else {},
     )
 
 
 def score(ad, batch, seed=0):
     inputs = ad.inputs(batch, torch.Generator().manual_seed(seed))
-    return ad.policy_loglik(ad.scorer, batch, inputs), ad.reference_loglik(batch, inputs), inputs
+    reference = ad.reference(batch, inputs)
+    return ad.policy_loglik(ad.scorer, batch, inputs, reference), reference.loglik, inputs
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
 def test_prompt_encoding_matches_the_diffusers_pipeline(kind):
     ad = adapter(kind)
-    ours = encode_prompts(ad.model.text_encoders, tokenize_prompts(ad.model.tokenizers, PROMPTS))
+    ours = ad.model.encode_prompts(PROMPTS)
     theirs = ad.pipeline().encode_prompt(
         PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
     )
     torch.testing.assert_close(ours["encoder_hidden_states"], theirs[0])
     if kind == "sdxl":
         torch.testing.assert_close(ours["text_embeds"], theirs[2])  # the second encoder's pooled projection
-        assert ours["encoder_hidden_states"].shape[-1] == ad.model.unet.config.cross_attention_dim
+        assert ours["encoder_hidden_states"].shape[-1] == ad.model.denoiser.config.cross_attention_dim
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_both_families_score_the_elbo_surrogate_of_their_unet_call(kind):
+    """-0.5 * mean((unet(x_t, t, conditions) - target)^2) per candidate, the UNet called as each family's diffusers
+    pipeline calls it: SD1.5 with the text states only, SDXL with its pooled embeddings and time ids too."""
+    ad = adapter(kind)
+    policy, _, inputs = score(ad, image_batch(ad))
+    noised = inputs["noised"]
+    per_candidate = {name: value.repeat_interleave(2, dim=0) for name, value in inputs.items() if name != "noised"}
+    states = per_candidate.pop("encoder_hidden_states")
+    added = per_candidate if kind == "sdxl" else None
+    assert sorted(per_candidate) == (["text_embeds", "time_ids"] if kind == "sdxl" else [])
+    with torch.no_grad():
+        prediction = ad.model.denoiser(noised.x_t, noised.timesteps, states, added_cond_kwargs=added).sample
+    expected = -0.5 * (prediction - noised.target).square().mean(dim=(1, 2, 3)).view(2, 2)
+    torch.testing.assert_close(policy.values.detach(), expected)
 
 
 @pytest.mark.parametrize(("kind", "reference", "lora"), [("sd15", "copy", False), ("sdxl", "adapter", True)])
@@ -85,16 +99,16 @@ def test_gradient_checkpointing_recomputes_the_policy_with_its_adapter_on():
     for checkpointing in (False, True):
         ad = adapter("sdxl", reference="adapter", lora=True)
         torch.manual_seed(0)
-        for name, param in ad.model.unet.named_parameters():
+        for name, param in ad.model.denoiser.named_parameters():
             if "lora_B" in name:  # a trained adapter: the policy differs from the reference
                 param.data.normal_(std=0.05)
         if checkpointing:
-            ad.model.unet.enable_gradient_checkpointing()
-        ad.model.unet.train()
+            ad.model.denoiser.enable_gradient_checkpointing()
+        ad.model.denoiser.train()
         policy, ref, _ = score(ad, image_batch(ad))
         loss = get_objective("dpo", beta=5000.0)(policy, ref, Preferences(ranks=torch.tensor([[0, 1]] * 2))).loss
         loss.backward()
-        grads = {n: p.grad.clone() for n, p in ad.model.unet.named_parameters() if p.requires_grad}
+        grads = {n: p.grad.clone() for n, p in ad.model.denoiser.named_parameters() if p.requires_grad}
         runs.append((loss.detach(), grads))
     (loss, grads), (loss_gc, grads_gc) = runs
     assert abs(loss.item() - math.log(2)) > 1e-4
@@ -107,7 +121,7 @@ def test_gradient_checkpointing_recomputes_the_policy_with_its_adapter_on():
 def test_candidates_of_a_group_share_timestep_noise_and_dropout():
     ad = adapter(prompt_dropout=0.5, sample_latents=False)  # posterior means: identical images, identical latents
     batch = image_batch(ad, prompts=PROMPTS * 4)
-    batch.pixels[:, 1] = batch.pixels[:, 0]  # identical candidates must get identical estimates
+    batch.media[:, 1] = batch.media[:, 0]  # identical candidates must get identical estimates
     policy, _, inputs = score(ad, batch)
     torch.testing.assert_close(policy.values[:, 0], policy.values[:, 1])
     t = inputs["noised"].timesteps.view(8, 2)
@@ -127,7 +141,7 @@ def test_a_groups_randomness_comes_from_its_own_seed_whatever_its_batch(noising)
     noised = ad.inputs(whole)["noised"]
     for index in range(4):
         alone = image_batch(ad, prompts=prompts[index : index + 1])
-        alone.pixels, alone.group_seeds = whole.pixels[index : index + 1], whole.group_seeds[index : index + 1]
+        alone.media, alone.group_seeds = whole.media[index : index + 1], whole.group_seeds[index : index + 1]
         single = ad.inputs(alone)["noised"]
         torch.testing.assert_close(single.timesteps, noised.timesteps[2 * index : 2 * index + 2])
         torch.testing.assert_close(single.x_t, noised.x_t[2 * index : 2 * index + 2], atol=1e-5, rtol=1e-4)
@@ -171,7 +185,7 @@ def test_sdxl_micro_conditioning_reaches_the_unet():
 def test_saved_lora_loads_into_a_diffusers_pipeline_and_changes_its_output(kind, tmp_path):
     ad = adapter(kind, reference="adapter", lora=True)
     with torch.no_grad():
-        for name, param in ad.model.unet.named_parameters():
+        for name, param in ad.model.denoiser.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)  # a trained adapter
     ad.save(ad.scorer, tmp_path)
@@ -196,15 +210,15 @@ def test_saved_lora_loads_into_a_diffusers_pipeline_and_changes_its_output(kind,
 def test_full_fine_tune_saves_a_pipeline_that_loads_back(tmp_path):
     ad = adapter("sdxl")
     with torch.no_grad():
-        next(ad.model.unet.parameters()).add_(1.0)
+        next(ad.model.denoiser.parameters()).add_(1.0)
     ad.save(ad.scorer, tmp_path / "final")
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "final")
-    for (name, ours), theirs in zip(ad.model.unet.state_dict().items(), pipe.unet.state_dict().values()):
+    for (name, ours), theirs in zip(ad.model.denoiser.state_dict().items(), pipe.unet.state_dict().values()):
         torch.testing.assert_close(ours, theirs, msg=name)
 
     loaded = load_text_to_image(str(tmp_path / "final"))  # the loader reads a local pipeline directory
-    assert loaded.sdxl and len(loaded.text_encoders) == 2 and len(loaded.tokenizers) == 2
-    torch.testing.assert_close(loaded.unet.conv_in.weight, ad.model.unet.conv_in.weight)
+    assert loaded.family.name == "sdxl" and len(loaded.text_encoders) == 2 and len(loaded.tokenizers) == 2
+    torch.testing.assert_close(loaded.denoiser.conv_in.weight, ad.model.denoiser.conv_in.weight)
     assert type(loaded.sampling_scheduler).__name__ == type(pipe.scheduler).__name__
 
 
@@ -216,7 +230,7 @@ def test_a_missing_model_path_names_the_field(tmp_path):
 def test_generation_is_per_prompt_and_seed_and_samples_the_reference_too():
     ad = adapter(reference="adapter", lora=True)
     with torch.no_grad():
-        for name, param in ad.model.unet.named_parameters():
+        for name, param in ad.model.denoiser.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
     options = {"steps": 2, "guidance_scale": 3.0}
@@ -231,8 +245,6 @@ def test_generation_is_per_prompt_and_seed_and_samples_the_reference_too():
 
 
 def test_a_float32_vae_stays_float32_under_autocast():
-    from mmdpo.adapters.text_to_image import encode_moments
-
     vae = load_text_to_image("tiny:sd15").vae.eval()
     pixels = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     exact = encode_moments(vae, pixels, chunk=2)
@@ -243,7 +255,5 @@ def test_a_float32_vae_stays_float32_under_autocast():
 
 
 def test_xformers_without_the_extra_names_it():
-    from mmdpo.adapters.text_to_image import use_xformers
-
     with pytest.raises(ValueError, match=r"pip install 'mmdpo\[xformers\]'"):
-        use_xformers(load_text_to_image("tiny:sd15").unet)
+        use_xformers(load_text_to_image("tiny:sd15").denoiser)

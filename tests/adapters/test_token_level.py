@@ -32,8 +32,9 @@ def perturb(params, scale=0.05, seed=1):
 def score(adapter, rows, layout="shared"):
     batch = collate(rows, pad_token_id=adapter.tokenizer.pad_token_id, layout=layout)
     inputs = adapter.inputs(batch)
-    reference = adapter.reference_loglik(batch, inputs)
-    return batch, inputs, reference, adapter.policy_loglik(adapter.scorer, batch, inputs)
+    reference = adapter.reference(batch, inputs)
+    policy = adapter.policy_loglik(adapter.scorer, batch, inputs, reference)
+    return batch, reference.for_policy, reference.loglik, policy
 
 
 def copy_adapter(tokenizer, extras, chunk_size=1024):
@@ -77,6 +78,19 @@ def test_token_kl_is_exactly_zero_before_training(tokenizer):
     assert torch.equal(policy.values, reference.values)
 
 
+def test_the_reference_hands_its_states_to_the_policy_as_values_and_leaves_the_inputs_alone(tokenizer):
+    torch.manual_seed(0)
+    adapter = LLMAdapter(tiny_causal_lm("llama", tokenizer), tokenizer, extras={"token_kl"})
+    batch = collate(encode(adapter), pad_token_id=tokenizer.pad_token_id)
+    inputs = adapter.inputs(batch)
+    before = dict(inputs)
+    reference = adapter.reference(batch, inputs)
+    assert inputs.keys() == before.keys() and all(inputs[k] is before[k] for k in inputs)
+    assert set(reference.for_policy) == {"reference_hidden", "reference_head"}
+    without = adapter.policy_loglik(adapter.scorer, batch, inputs, type(reference)(reference.loglik))
+    assert "token_kl" not in without.extras  # nothing reached the policy pass but what was handed over
+
+
 @pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj", "lm_head"]])
 def test_adapter_reference_is_the_base_model_with_its_own_head(tokenizer, targets):
     from peft import LoraConfig, get_peft_model
@@ -102,8 +116,8 @@ def test_adapter_reference_is_the_base_model_with_its_own_head(tokenizer, target
 def test_plain_dpo_asks_for_nothing_and_gets_nothing(tokenizer):
     torch.manual_seed(0)
     adapter = LLMAdapter(tiny_causal_lm("llama", tokenizer), tokenizer)
-    batch, inputs, reference, policy = score(adapter, encode(adapter))
-    assert set(inputs) == set(batch.model_inputs())  # the reference pass left nothing for the policy pass
+    _, for_policy, reference, policy = score(adapter, encode(adapter))
+    assert for_policy == {}  # the reference pass left nothing for the policy pass
     assert policy.extras == {} and reference.extras == {}
     assert adapter.reference_capture == () and adapter.scorer.mask_net is None
 
@@ -123,15 +137,15 @@ def test_layer_states_are_every_decoder_layer_at_the_scored_positions(tokenizer)
     torch.testing.assert_close(layers[:, 0], pick(states[1]))
     torch.testing.assert_close(decoder.norm(layers[:, 1]), pick(states[2]))
     torch.testing.assert_close(means[batch.target_mask], layers.mean(-1))
-    reference = adapter.reference_loglik(batch, batch.model_inputs())
+    reference = adapter.reference(batch, batch.model_inputs()).loglik
     assert reference.extras["layer_means"].shape == (*batch.target_mask.shape, 2)
 
 
 @pytest.mark.parametrize(("extras", "names"), [({"mask"}, ["mask"]), ({"mask_u", "mask_d"}, ["mask_d", "mask_u"])])
 def test_learned_masks_train_with_the_policy(tokenizer, extras, names):
     adapter = copy_adapter(tokenizer, {"token_kl", *extras})
-    batch, inputs, _, policy = score(adapter, encode(adapter))
-    assert inputs["reference_layers"].shape == (len(batch.gather_index), 2, 64)
+    batch, for_policy, _, policy = score(adapter, encode(adapter))
+    assert for_policy["reference_layers"].shape == (len(batch.gather_index), 2, 64)
     assert sorted(set(policy.extras) - {"token_kl"}) == names
     for name in names:
         mask = policy.extras[name]
@@ -209,14 +223,14 @@ def test_step_index_travels_with_the_batch(tokenizer):
 
 
 def test_a_guidance_model_with_another_vocabulary_is_refused(tokenizer, tmp_path):
+    from mmdpo.adapters.llm import TokenModelSection
     from mmdpo.adapters.tiny import tiny_tokenizer
-    from mmdpo.config import ModelSection
 
     other = tiny_tokenizer()
     other.add_tokens(["<step>"])
     tiny_causal_lm("llama", other).save_pretrained(tmp_path)
     other.save_pretrained(tmp_path)
-    section = ModelSection(path="tiny:llama", guidance_path=str(tmp_path))
+    section = TokenModelSection(path="tiny:llama", guidance_path=str(tmp_path))
     with pytest.raises(ValueError, match="has another vocabulary than model.path='tiny:llama'"):
-        LLMAdapter.from_config(section, "copy", extras=frozenset({"guidance"}))
-    assert LLMAdapter.from_config(ModelSection(guidance_path="tiny:llama"), "copy", frozenset({"guidance"}))
+        LLMAdapter.from_section(section, "copy", extras=frozenset({"guidance"}))
+    assert LLMAdapter.from_section(TokenModelSection(guidance_path="tiny:llama"), "copy", frozenset({"guidance"}))

@@ -9,8 +9,7 @@ from PIL import Image
 
 from mmdpo.adapters.llm import RowError
 from mmdpo.adapters.tiny_vlm import TINY_VLMS, tiny_vlm
-from mmdpo.adapters.vlm import VLMAdapter, decode_images, load_vlm, vision_parameters
-from mmdpo.config import ModelSection
+from mmdpo.adapters.vlm import VLMAdapter, VLMModelSection, decode_images, load_vlm, vision_parameters
 from mmdpo.objectives import get_objective
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,8 +100,9 @@ def test_the_vision_tower_sees_each_image_once_per_pass(train_vision, images):
         tower.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
     batch = adapter.collate(encode(adapter))
     inputs = adapter.inputs(batch)
-    reference_values = adapter.reference_loglik(batch, inputs).values
-    policy_values = adapter.policy_loglik(adapter.scorer, batch, inputs).values
+    reference = adapter.reference(batch, inputs)
+    reference_values = reference.loglik.values
+    policy_values = adapter.policy_loglik(adapter.scorer, batch, inputs, reference).values
     assert sum(seen) == images
     torch.testing.assert_close(policy_values, reference_values)
 
@@ -112,12 +112,13 @@ def test_policy_equal_to_reference_gives_ln2_and_half_accuracy():
 
     torch.manual_seed(0)
     model, processor = tiny_vlm("qwen2_vl")
-    model = get_peft_model(model, LoraConfig(r=4, target_modules=VLMAdapter.lora_targets(model, ModelSection())))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=VLMAdapter.lora_targets(model, VLMModelSection())))
     adapter = VLMAdapter(model, processor, reference="adapter")
     batch = adapter.collate(encode(adapter))
     inputs = adapter.inputs(batch)
-    reference = adapter.reference_loglik(batch, inputs)
-    out = get_objective("dpo", beta=0.1)(adapter.policy_loglik(adapter.scorer, batch, inputs), reference, batch.prefs)
+    reference = adapter.reference(batch, inputs)
+    policy = adapter.policy_loglik(adapter.scorer, batch, inputs, reference)
+    out = get_objective("dpo", beta=0.1)(policy, reference.loglik, batch.prefs)
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert out.metrics["rewards/accuracies"].item() == 0.5
 
@@ -165,7 +166,7 @@ def test_lora_adapts_the_language_model_unless_the_vision_tower_trains():
 
     for train_vision in (False, True):
         model, _ = tiny_vlm("llava")
-        targets = VLMAdapter.lora_targets(model, ModelSection(train_vision=train_vision))
+        targets = VLMAdapter.lora_targets(model, VLMModelSection(train_vision=train_vision))
         names = [n for n, p in get_peft_model(model, LoraConfig(r=4, target_modules=targets)).named_parameters()]
         lora = [n for n in names if "lora_" in n]
         assert lora and all("language_model" in n for n in lora) != train_vision
@@ -195,8 +196,8 @@ def test_loads_a_saved_checkpoint_and_saves_what_peft_and_transformers_load(tmp_
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, base(**inputs).logits)
 
-    section = ModelSection(path=str(tmp_path / "base"), lora=LoraSection(r=4, alpha=8))
-    adapter = VLMAdapter.from_config(section, "adapter")
+    section = VLMModelSection(path=str(tmp_path / "base"), lora=LoraSection(r=4, alpha=8))
+    adapter = VLMAdapter.from_section(section, "adapter")
     with torch.no_grad():
         for name, param in adapter.scorer.model.named_parameters():
             if "lora_B" in name:

@@ -1,17 +1,20 @@
 """The encode cache: prompts encoded once, resumable writing, shards split over processes, keys, reading back."""
 
 import io
+from functools import partial
 
 import PIL.Image
 import pytest
 import torch
 from datasets import Dataset
 
-from mmdpo.adapters.text_to_image import collate_images
-from mmdpo.adapters.tiny import tiny_clip_tokenizer
+from mmdpo.adapters.latent_diffusion.adapter import collate_media
+from mmdpo.adapters.latent_diffusion.cache import CachedBatches
+from mmdpo.adapters.latent_diffusion.families.sdxl import SDXL
+from mmdpo.adapters.text_to_image import ImageMedia, TextToImageAdapter
 from mmdpo.config import load_config
-from mmdpo.data.encode_cache import EncodeCache, Encoders, cache_path, write_cache
-from mmdpo.data.images import GroupTransform, load_image_groups
+from mmdpo.data.encode_cache import EncodeCache, Encoders, write_cache
+from mmdpo.data.images import load_image_groups
 
 PROMPTS = ["a cat", "a dog", "a cat", "a bird", "a dog", "a fox", "a cat"]
 
@@ -32,7 +35,6 @@ class Counting(Encoders):
     """Encoders whose outputs are simple functions of their inputs, counting what they encode."""
 
     def __init__(self, fail_after: int | None = None):
-        tokenizer = tiny_clip_tokenizer(model_max_length=8)
         self.calls = {"prompts": 0, "images": 0}
         self.fail_after = fail_after
 
@@ -48,11 +50,10 @@ class Counting(Encoders):
             mean = pixels[:, :, ::4, ::4]
             return mean, mean.abs() + 1
 
-        transform = GroupTransform(8, crop="random")
         super().__init__(
             encode_prompts=encode_prompts,
-            encode_images=encode_images,
-            collate=lambda rows: collate_images(rows, transform, [tokenizer], 8, seed=3, epoch=0),
+            encode_media=encode_images,
+            collate=partial(collate_media, ImageMedia(8, crop="random"), SDXL(), seed=3, epoch=0),
             sample=True,
             dtype=torch.float32,
         )
@@ -61,7 +62,7 @@ class Counting(Encoders):
 def read_all(directory, n):
     cache = EncodeCache(directory)
     rows = cache.group_set().dataset.to_list()[:n]
-    return cache.collate(rows)
+    return CachedBatches(cache, seed=0)(rows)
 
 
 def test_each_prompt_is_encoded_once_and_rows_read_back(groups, tmp_path):
@@ -71,12 +72,14 @@ def test_each_prompt_is_encoded_once_and_rows_read_back(groups, tmp_path):
     cache = EncodeCache(tmp_path / "c")
     rows = cache.group_set().dataset.to_list()
     assert [r["prompt"] for r in rows] == PROMPTS and [r["row_index"] for r in rows] == list(range(len(PROMPTS)))
-    batch = cache.collate([rows[6], rows[1]])  # rows from two shards, out of order
-    direct = encoders.collate([{**groups.dataset[6], "row_index": 6}, {**groups.dataset[1], "row_index": 1}])
-    mean, std = encoders.encode_images(direct.pixels.flatten(0, 1))
+    batch = CachedBatches(cache, seed=0)([rows[6], rows[1]])  # rows from two shards, out of order
+    pixels, conditions = encoders.collate(
+        [{**groups.dataset[6], "row_index": 6}, {**groups.dataset[1], "row_index": 1}]
+    )
+    mean, std = encoders.encode_media(pixels.flatten(0, 1))
     torch.testing.assert_close(batch.latent_mean, mean.view(2, 2, *mean.shape[1:]))
     torch.testing.assert_close(batch.latent_std, std.view(2, 2, *std.shape[1:]))
-    torch.testing.assert_close(batch.time_ids, direct.time_ids)
+    torch.testing.assert_close(batch.extra["time_ids"], conditions["time_ids"])
     torch.testing.assert_close(batch.embeddings["encoder_hidden_states"], torch.tensor([[5.0, 116], [5.0, 103]]))
     assert batch.prefs.ranks.tolist() == [[0, 1], [0, 1]]
     assert cache.empty_prompt()["encoder_hidden_states"].shape == (1, 2)
@@ -112,7 +115,7 @@ def test_the_key_separates_settings_that_change_the_encodings(tmp_path):
 
     def path(*overrides):
         base = ["model.path=tiny:sd15", f"data.path={data}", f"train.output_dir={tmp_path}"]
-        return cache_path(load_config(None, [*base, *overrides]), (str(data), "train"))
+        return TextToImageAdapter.cache_path(load_config(None, [*base, *overrides]), (str(data), "train"))
 
     before = path()
     assert before == path("objective.beta=3000", "model.lora.r=4", "train.lr=1e-2")  # training settings do not

@@ -6,16 +6,11 @@ import statistics
 import pytest
 import torch
 
-from mmdpo.objectives import (
-    OBJECTIVES,
-    REFERENCE_FREE,
-    TOKEN_LEVEL,
-    LogLik,
-    Preferences,
-    get_objective,
-    hyperparameters,
-)
+from mmdpo.objectives import OBJECTIVES, LogLik, Preferences, get_objective, hyperparameters
 from mmdpo.objectives.pairwise import madpo_weight
+
+REFERENCE_FREE = {name for name, spec in OBJECTIVES.items() if not spec.needs_reference}
+TOKEN_LEVEL = {"tdpo", "sparsepo", "tgdpo", "step_dpo"}  # per-token extras; their values are in test_token.py
 
 
 def softplus(x):
@@ -383,6 +378,10 @@ def test_padding_does_not_change_the_loss(name):
 
 
 BATCH_SORTED = {"aot", "aot_unpaired"}  # losses come sorted over the batch, not per group
+
+
+def test_batch_sorted_objectives_are_marked_in_their_specs():
+    assert {name for name, spec in OBJECTIVES.items() if spec.batch_sorted} == BATCH_SORTED
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))

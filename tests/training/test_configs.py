@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mmdpo.config import load_config
-from mmdpo.data.toy import toy_step_pairs
+from mmdpo.data.toy import toy_margin_pairs, toy_step_pairs
 from mmdpo.objectives import get_objective
 from mmdpo.training.trainer import train
 
@@ -18,12 +18,15 @@ TINY = [
 
 
 def data_for(recipe: Path, tmp_path: Path) -> str:
-    """The toy task, or toy step pairs where the recipe's objective reads reasoning steps."""
+    """The toy task, or toy step pairs / toy pairs with margin rewards where the recipe's objective reads them."""
     objective = load_config(recipe).objective
-    if "step_index" not in get_objective(objective.name, **objective.hparams).extras:
-        return "toy"
-    toy_step_pairs(64).to_json(tmp_path / "steps.jsonl")
-    return str(tmp_path / "steps.jsonl")
+    labels = get_objective(objective.name, **objective.hparams).labels
+    reads = set().union(*(label.columns for label in labels))
+    for column, make in (("steps", toy_step_pairs), ("margin_rewards", toy_margin_pairs)):
+        if column in reads:
+            make(64).to_json(tmp_path / f"{column}.jsonl")
+            return str(tmp_path / f"{column}.jsonl")
+    return "toy"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])

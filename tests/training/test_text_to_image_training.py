@@ -9,6 +9,7 @@ from PIL import Image
 
 from mmdpo.cli import main
 from mmdpo.config import load_config
+from mmdpo.training.callbacks import OnLog
 from mmdpo.training.logs import read_metrics
 from mmdpo.training.trainer import train
 
@@ -33,7 +34,7 @@ def run(tmp_path, data, *overrides, name="run", on_step=None):
             *overrides,
         ],
     )
-    return train(config, on_step=on_step)
+    return train(config, callbacks=[OnLog(on_step)] if on_step else [])
 
 
 def losses(result):
@@ -96,7 +97,7 @@ def test_training_from_the_encode_cache_equals_training_from_images(tmp_path, pi
     def no_encoders(*args, **kwargs):
         raise AssertionError("training from the cache loaded the VAE or a text encoder")
 
-    monkeypatch.setattr("mmdpo.adapters.text_to_image.load_encoders", no_encoders)
+    monkeypatch.setattr("mmdpo.adapters.latent_diffusion.model.load_encoders", no_encoders)
     cached = run(tmp_path, pickapic, *settings, "data.encode_cache=require", name="cached")
     # the cache encodes images in other batches than training does: equal up to float rounding, which four
     # steps at lr 1e-3 and beta 5000 grow to ~1e-5

@@ -1,11 +1,13 @@
 """End-to-end training on the toy task: learning, resume, saving, reference strategies."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from mmdpo.config import load_config
+from mmdpo.training.callbacks import OnLog
 from mmdpo.training.logs import read_metrics
 from mmdpo.training.trainer import train
 
@@ -21,7 +23,7 @@ FAST = [
 
 def run(tmp_path, *overrides, name="run", on_step=None):
     config = load_config(None, [*FAST, f"train.output_dir={tmp_path / name}", *overrides])
-    return train(config, on_step=on_step)
+    return train(config, callbacks=[OnLog(on_step)] if on_step else [])
 
 
 def losses(result):
@@ -39,7 +41,7 @@ def test_dpo_learns_the_toy_preference(tmp_path):
     assert margin_after > margin_before + 5.0
 
 
-def test_resume_continues_with_the_same_numbers(tmp_path):
+def test_resume_continues_with_the_same_numbers(tmp_path, capsys):
     settings = ["train.max_steps=8", "train.batch_size=8", "train.grad_accum=2", "train.lr=1e-3", "train.log_every=1"]
     full = run(tmp_path, *settings, name="full")
 
@@ -49,9 +51,13 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, *settings, "train.save_every=4", name="resumed", on_step=crash)
+    capsys.readouterr()
     resumed = run(tmp_path, *settings, "train.save_every=4", name="resumed")
+    assert "resuming from step 4" in capsys.readouterr().out
     assert len(losses(resumed)) == 8
     torch.testing.assert_close(torch.tensor(losses(resumed)), torch.tensor(losses(full)), rtol=1e-6, atol=1e-7)
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["eval_before"] == full.eval_before != {}  # the first run's metrics before training are kept
 
 
 def test_lora_adapter_is_saved_for_peft_and_changes_the_model(tmp_path):
@@ -115,9 +121,8 @@ def test_a_nan_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path, monkeyp
     def poisoned(pair, *, beta=0.1):
         return pair.margin * float("nan")
 
-    monkeypatch.setitem(
-        __import__("mmdpo.objectives", fromlist=["OBJECTIVES"]).OBJECTIVES, "dpo", pairwise.pairwise(poisoned)
-    )
+    objectives = __import__("mmdpo.objectives", fromlist=["OBJECTIVES"]).OBJECTIVES
+    monkeypatch.setitem(objectives, "dpo", replace(objectives["dpo"], function=pairwise.pairwise(poisoned)))
     with pytest.raises(FloatingPointError, match="train.lr"):
         run(tmp_path, "train.max_steps=2", "data.eval_fraction=0")
 

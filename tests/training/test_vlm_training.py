@@ -8,8 +8,9 @@ import pytest
 from datasets import Dataset
 from test_trainer import losses, run
 
-from mmdpo.config import ConfigError, ModelSection, load_config, modality
+from mmdpo.config import ConfigError, load_config
 from mmdpo.data.vlm import colour_pairs
+from mmdpo.modalities import resolve_modality
 
 RECIPES = sorted((Path(__file__).parents[2] / "configs" / "vlm").glob("*.yaml"))
 TINY = {"qwen2vl": "tiny:qwen2_vl", "llava": "tiny:llava"}
@@ -108,9 +109,9 @@ def test_the_modality_is_read_from_a_saved_checkpoint(tmp_path):
 
     tiny_vlm("idefics3")[0].save_pretrained(tmp_path / "vlm")
     tiny_causal_lm("qwen2", tiny_tokenizer()).save_pretrained(tmp_path / "llm")
-    assert modality(ModelSection(path=str(tmp_path / "vlm"))) == "vlm"
-    assert modality(ModelSection(path=str(tmp_path / "llm"))) == "llm"
-    assert modality(ModelSection(path="tiny:paligemma")) == "vlm"
+    assert resolve_modality(str(tmp_path / "vlm")).name == "vlm"
+    assert resolve_modality(str(tmp_path / "llm")).name == "llm"
+    assert resolve_modality("tiny:paligemma").name == "vlm"
 
 
 @pytest.mark.slow
