@@ -40,6 +40,8 @@ class Modality:
         pipelines: the diffusers pipeline classes (``_class_name`` of ``model_index.json``) it loads; None reads them
             from the adapter's ``families`` too.
         model_types: a test of a transformers ``config.json``'s ``model_type`` (None: not a transformers modality).
+        markers: files whose presence in a local directory marks a checkpoint of this modality in a layout of its
+            own (neither a diffusers pipeline nor a transformers model).
         default: the modality of a transformers checkpoint no other entry claims.
     """
 
@@ -50,6 +52,7 @@ class Modality:
     tiny: tuple[str, ...] | None = ()
     pipelines: tuple[str, ...] | None = ()
     model_types: Callable[[str], bool] | None = None
+    markers: tuple[str, ...] = ()
     default: bool = False
 
     def adapter_class(self) -> type[Adapter]:
@@ -119,6 +122,9 @@ def resolve_modality(path: str, modality: str = "auto") -> Modality:
                 return row
         known = ", ".join(f"tiny:{a}" for row in MODALITIES.values() for a in row.tiny_names())
         raise ModalityError(f"model.path={path!r} names no tiny model; known: {known}.")
+    for row in MODALITIES.values():
+        if row.markers and all(_local_file(path, marker) is not None for marker in row.markers):
+            return row
     index, config = _local_file(path, "model_index.json"), _local_file(path, "config.json")
     if index is not None:
         pipeline = json.loads(index.read_text()).get("_class_name")
