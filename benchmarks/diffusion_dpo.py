@@ -70,8 +70,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import random
 import runpy
 import shutil
@@ -83,7 +81,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import MemoryMeter, StepClock, median, result_line, run_child, step_times, sync  # noqa: E402
+from harness import (  # noqa: E402
+    MemoryMeter,
+    StepClock,
+    child_env,
+    cpu_name,
+    median,
+    result_line,
+    run_child,
+    step_times,
+    summarise,
+    sync,
+)  # fmt: skip
 
 H100_BF16_DENSE_TFLOPS = 989.4
 
@@ -506,52 +515,14 @@ def child(args) -> None:
 # --- the parent: build once, run the children, print the table ------------------------------------
 
 
-def child_env(args, workdir: Path) -> dict[str, str]:
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HOME": str(workdir / "hf_home"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "WANDB_MODE": "disabled",
-    }
-    if args.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    if args.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    return env
-
-
 def run_side(args, which: str, workdir: Path, repeat: int) -> dict:
     out = workdir / f"out-{which}-{repeat}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, __file__, *sys.argv[1:], "--child", which, "--workdir", str(workdir), "--out", str(out)]
     try:
-        return run_child(cmd, which, env=child_env(args, workdir))
+        return run_child(cmd, which, env=child_env(args.device, args.threads, workdir))
     finally:
         shutil.rmtree(out, ignore_errors=True)
-
-
-def summarise(runs: list[dict]) -> dict:
-    """Medians over repeats (step times, memory, sections) plus the step-time spreads."""
-    keys = ("step_s", "cpu_step_s", "peak_gib", "start_gib", "train_peak_gib")
-    out: dict[str, Any] = {key: median([r[key] for r in runs]) for key in keys}
-    for key in ("step_s", "cpu_step_s"):
-        out[f"{key}_runs"] = [r[key] for r in runs]
-    out["threads"], out["device_name"] = runs[0]["threads"], runs[0]["device_name"]
-    for key in ("sections", "cpu_sections"):
-        if key in runs[0]:
-            out[key] = {name: median([r[key][name] for r in runs]) for name in runs[0][key]}
-    return out
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} x{os.cpu_count()}" if names else platform.machine()
-    except OSError:
-        return platform.machine()
 
 
 def print_table(args, results: dict[str, dict], flops_pair: float, forward: float) -> None:

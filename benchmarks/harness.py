@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -146,3 +147,42 @@ class MemoryMeter:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def child_env(device: str, threads: int | None, workdir) -> dict[str, str]:
+    """Offline hub and datasets inside the work directory, no trackers, and the CPU settings of a child."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(workdir / "hf_home"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "disabled",
+    }
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Medians over repeats (step times, memory, sections) plus the step-time spreads."""
+    keys = ("step_s", "cpu_step_s", "peak_gib", "start_gib", "train_peak_gib")
+    out: dict = {key: median([r[key] for r in runs]) for key in keys}
+    for key in ("step_s", "cpu_step_s"):
+        out[f"{key}_runs"] = [r[key] for r in runs]
+    out["threads"], out["device_name"] = runs[0]["threads"], runs[0]["device_name"]
+    for key in ("sections", "cpu_sections"):
+        if key in runs[0]:
+            out[key] = {name: median([r[key][name] for r in runs]) for name in runs[0][key]}
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} x{os.cpu_count()}" if names else platform.machine()
+    except OSError:
+        return platform.machine()

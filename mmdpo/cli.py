@@ -86,8 +86,16 @@ def _demo(args: argparse.Namespace) -> None:
         run_demo(args.config, args.overrides, output_dir=args.output_dir or "outputs/demo")
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+"""What a user's config, data or paths cause: printed as their one sentence, without a traceback (``--debug`` shows
+it). ``ConfigError`` and every data error are ValueErrors."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mmdpo", description="Preference optimisation for generative models.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command too, without resetting it
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
     for name, run, help_, argument, example in (
@@ -103,12 +111,12 @@ def main(argv: list[str] | None = None) -> None:
         ("eval", _eval, "a finished text-to-image run against its base, same prompts and seeds",
          ("run_dir", "the run's output directory (train.output_dir)"), "prompts=p.txt seeds=8"),
     ):  # fmt: skip
-        command = commands.add_parser(name, help=help_)
+        command = commands.add_parser(name, help=help_, parents=[common])
         command.add_argument(argument[0], metavar=argument[0].removesuffix("_dir"), help=argument[1])
         command.add_argument("overrides", nargs="*", help=f"key=value settings, e.g. {example}")
         command.set_defaults(run=run)
 
-    demo = commands.add_parser("demo", help="the whole story on this machine, nothing downloaded")
+    demo = commands.add_parser("demo", help="the whole story on this machine, nothing downloaded", parents=[common])
     demo.add_argument("--config", default=None, help="your own synth + train + eval config instead of the embedded one")
     demo.add_argument("--llm", action="store_true", help="the causal-LM toy task (DPO on the vowel reward) instead")
     demo.add_argument("--output-dir", default=None, help="default outputs/demo (outputs/demo-llm with --llm)")
@@ -118,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
         print(f"mmdpo: error: {err}", file=sys.stderr)
         sys.exit(2)
 

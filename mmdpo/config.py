@@ -24,14 +24,44 @@ class ConfigError(ValueError):
     """A configuration mistake, stated in one sentence with the fix."""
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The range a numeric field must lie in (None: unbounded on that side); checked when a section is built."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            return "must be positive" if self.low == 0 and self.low_open else f"must be at least {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"must lie in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None, **open_: bool) -> Any:
+    """A dataclass field whose value (when not None) must lie in the :class:`Bound` of ``low``, ``high``."""
+    return field(default=default, metadata={"bound": Bound(low, high, **open_)})
+
+
+POSITIVE = {"low": 0, "low_open": True}
+FRACTION = {"low": 0, "high": 1, "high_open": True}
+
+
 @dataclass
 class LoraSection:
     """LoRA through peft. ``target_modules`` defaults per modality: every linear layer but the output head
     (``all-linear``) for LLMs, the attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) for UNets."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = bounded(16, 1)
+    alpha: int = bounded(32, **POSITIVE)
+    dropout: float = bounded(0.0, **FRACTION)
     target_modules: str | list[str] | None = None
 
 
@@ -69,12 +99,12 @@ class DataSection:
     split: str = "train"
     eval_path: str | None = None
     eval_split: str | None = None
-    eval_fraction: float = 0.1
+    eval_fraction: float = bounded(0.1, **FRACTION)
     ties: Literal["drop", "keep"] = "drop"
     bad_rows: Literal["error", "skip"] = "error"
     pairs: Literal["none", "all", "best_vs_rest", "adjacent", "best_vs_worst"] = "none"
     cache_dir: str | None = None
-    num_workers: int = 2
+    num_workers: int = bounded(2, 0)
 
     @property
     def sources(self) -> list[tuple[str, str]]:
@@ -103,11 +133,11 @@ class SamplesSection:
     ``prompts`` default to the first four held-out prompts; ``seeds`` images per prompt; the pipeline's own scheduler
     with ``steps`` steps and classifier-free ``guidance_scale``."""
 
-    every: int | None = None
+    every: int | None = bounded(None, 1)
     prompts: list[str] | None = None
-    seeds: int = 2
-    steps: int = 25
-    guidance_scale: float = 5.0
+    seeds: int = bounded(2, 1)
+    steps: int = bounded(25, 1)
+    guidance_scale: float = bounded(5.0, 0)
 
 
 @dataclass
@@ -116,22 +146,22 @@ class TrainSection:
 
     output_dir: str = "outputs/run"
     seed: int = 0
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-6
+    epochs: int = bounded(1, 1)
+    max_steps: int | None = bounded(None, 1)
+    batch_size: int = bounded(8, 1)
+    grad_accum: int = bounded(1, 1)
+    lr: float = bounded(5e-6, **POSITIVE)
     optimizer: Literal["adamw", "adafactor"] = "adamw"
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, 0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
-    max_grad_norm: float | None = 1.0
+    warmup_ratio: float = bounded(0.1, 0, 1)
+    max_grad_norm: float | None = bounded(1.0, **POSITIVE)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    log_every: int = 10
-    eval_every: int | None = None
-    save_every: int | None = None
-    keep_checkpoints: int = 2
+    log_every: int = bounded(10, 1)
+    eval_every: int | None = bounded(None, 1)
+    save_every: int | None = bounded(None, 1)
+    keep_checkpoints: int = bounded(2, 1)
     resume: bool = True
     tensorboard: bool = True
     plots: bool = True
@@ -177,6 +207,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return build_section(hint, value, where)
     if args and type(None) in args:  # Optional[X] / X | None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(value, options[0], where)
         for option in options:
             try:
                 return _coerce(value, option, where)
@@ -224,7 +256,12 @@ def build_section(cls: type, values: Any, where: str) -> Any:
         if key not in hints:
             raise ConfigError(f"Unknown config key {name}{closest_hint(key, hints)}.")
         kwargs[key] = _coerce(value, hints[key], name)
-    return cls(**kwargs)
+    section = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        bound, value = f.metadata.get("bound"), getattr(section, f.name)
+        if bound is not None and value is not None and not bound.holds(value):
+            raise ConfigError(f"{where}.{f.name}={value!r} {bound.describe()}.".lstrip("."))
+    return section
 
 
 def _key(node: dict[str, Any] | list, key: str, dotted: str) -> str | int:
@@ -356,8 +393,6 @@ def validate(config: Config, adapter: type | None = None) -> None:
         )
     if train.mixed_precision == "fp16" and model.dtype == "bfloat16":
         raise ConfigError("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes half formats; pick one.")
-    if not 0 <= config.data.eval_fraction < 1:
-        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} must lie in [0, 1).")
     if train.samples.every is not None and not hasattr(adapter, "generate"):
         raise ConfigError(
             f"train.samples writes grids of generated samples, which {kind.plural} do not make here; remove it."

@@ -146,6 +146,8 @@ def read_table(path: str | Path | Dataset | DatasetDict, split: str = "train") -
     if len(kinds) > 1:
         raise ValueError(f"data.path={str(path)!r} mixes {' and '.join(sorted(kinds))} files; keep one kind.")
     kind = kinds.pop()
+    if all(Path(f).stat().st_size == 0 for f in files):
+        raise ValueError(f"data.path={str(path)!r} is empty: it has no rows; give a file with preference data.")
     try:
         return load_dataset(kind, data_files=files, split="train")
     except (DatasetGenerationError, pa.ArrowException) as err:
@@ -200,8 +202,12 @@ def detect_format(columns: list[str], formats: dict = FORMAT_COLUMNS, noun: str 
     fitting = [name for name, needs in formats.items() if not _missing(columns, needs)]
     if fitting:
         return fitting[0]
-    lacks = "; ".join(f"{name} lacks {', '.join(_missing(columns, needs))}" for name, needs in formats.items())
-    raise ValueError(f"The data has columns {columns}, which fit no {noun} ({lacks}); rename the columns.")
+    closest = min(formats, key=lambda name: len(_missing(columns, formats[name])))
+    others = ", ".join(name for name in formats if name != closest)
+    raise ValueError(
+        f"The data has columns {columns}: the closest {noun} is {closest}, which lacks "
+        f"{', '.join(_missing(columns, formats[closest]))}; rename the columns (other {noun}s: {others})."
+    )
 
 
 def check_columns(

@@ -143,6 +143,13 @@ def check_labels(objective: Objective, provided: Collection[str]) -> None:
         )
 
 
+HPARAM_RULES = {
+    "beta": (lambda value: value > 0, "must be positive"),
+    "label_smoothing": (lambda value: 0 <= value < 0.5, "must lie in [0, 0.5)"),
+}
+"""Checks (and the rule in words) of hyperparameters that mean the same in every objective that has them."""
+
+
 def get_objective(name: str, **hparams: Any) -> Objective:
     """Look up an objective by name and bind its hyperparameters, failing on unknown names."""
     if name not in OBJECTIVES:
@@ -150,10 +157,14 @@ def get_objective(name: str, **hparams: Any) -> Objective:
             f"Unknown objective {name!r}{_suggest(name, OBJECTIVES)}; known: {', '.join(sorted(OBJECTIVES))}."
         )
     known = hyperparameters(name)
-    for key in hparams:
+    for key, value in hparams.items():
         if key not in known:
             raise ValueError(f"objective {name!r} has no hyperparameter {key!r}{_suggest(key, known)}.")
+        holds, rule = HPARAM_RULES.get(key, (None, ""))
+        if holds is not None and isinstance(value, (int, float)) and not holds(value):
+            raise ValueError(f"objective.{key}={value} {rule}.")
     return Objective(name, {**OBJECTIVES[name].presets, **hparams})
+
 
 
 def _suggest(word: str, options) -> str:

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -55,6 +56,7 @@ class Run:
 def set_up(config: Config) -> Run:
     """Build the run a config describes (model, data, optimizer), checking the data against the objective."""
     tc = config.train
+    AcceleratorState._reset_state()  # a later run in the same process may pick another precision; processes stay
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(tc.seed)
     objective = get_objective(config.objective.name, **config.objective.hparams)

@@ -196,14 +196,12 @@ def test_unknown_options_list_the_valid_ones():
         load_groups(data, pairs="some")
 
 
-def test_no_format_fits_names_what_each_lacks():
+def test_no_format_fits_names_the_closest_format_and_its_missing_column_first():
     with pytest.raises(ValueError) as err:
-        load_groups(Dataset.from_list([{"prompt": "p", "answer": "a"}]))
+        load_groups(Dataset.from_list([{"prompt": "p", "answer": "a", "rejected": "r"}]))
     assert str(err.value) == (
-        "The data has columns ['prompt', 'answer'], which fit no format (groups lacks 'candidates', 'ranks' "
-        "(or 'scores' or 'desirable'); step_dpo lacks 'initial_reason_steps' (or 'prefix'), 'chosen', 'rejected'; "
-        "steps lacks 'chosen_steps', 'rejected_steps'; pairs lacks 'chosen', 'rejected'; ranked lacks 'responses' (or "
-        "'completions'), 'ranks' (or 'scores'); unpaired lacks 'completion', 'label'); rename the columns."
+        "The data has columns ['prompt', 'answer', 'rejected']: the closest format is pairs, which lacks 'chosen'; "
+        "rename the columns (other formats: groups, step_dpo, steps, ranked, unpaired)."
     )
 
 
@@ -215,7 +213,7 @@ def test_a_forced_format_names_the_missing_column_and_the_formats_that_fit():
         "columns ['prompt', 'chosen', 'rejected']; formats that fit them: pairs."
     )
     rows = [{"prompt": "p", "responses": ["a", "b"]}]
-    with pytest.raises(ValueError, match=r"ranked lacks 'ranks' \(or 'scores'\)"):
+    with pytest.raises(ValueError, match=r"the closest format is ranked, which lacks 'ranks' \(or 'scores'\)"):
         load_groups(Dataset.from_list(rows))
     with pytest.raises(ValueError, match=r"needs column 'ranks' \(or 'scores'\), .*; no format fits them\."):
         load_groups(Dataset.from_list(rows), format="ranked")

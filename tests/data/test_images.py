@@ -233,7 +233,7 @@ def test_groups_schema_with_image_candidates(tmp_path):
 def test_missing_column_names_it_and_the_fitting_formats():
     rows = pickapic_rows()
     del rows["jpg_1"]
-    with pytest.raises(ValueError, match=r"fit no image format \(groups lacks .*; pickapic lacks 'jpg_1'; "):
+    with pytest.raises(ValueError, match=r"the closest image format is pickapic, which lacks 'jpg_1'; rename"):
         load_image_groups(Dataset.from_dict(rows))
     with pytest.raises(ValueError, match=r"^data.format=pickapic needs column 'jpg_1', but the data has columns"):
         load_image_groups(Dataset.from_dict(rows), format="pickapic")

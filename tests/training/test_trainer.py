@@ -77,6 +77,22 @@ def test_lora_adapter_is_saved_for_peft_and_changes_the_model(tmp_path):
         torch.testing.assert_close(tuned(ids).logits, before)
 
 
+def test_a_lora_of_an_on_disk_base_names_it_so_auto_peft_loads_it(tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    from mmdpo.adapters.tiny import tiny_causal_lm, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    tiny_causal_lm("llama", tokenizer).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    result = run(tmp_path, f"model.path={tmp_path / 'base'}", "model.lora.r=4", "train.max_steps=2", "train.lr=1e-2")
+    saved = json.loads((result.final_dir / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(tmp_path / "base")
+    tuned = AutoPeftModelForCausalLM.from_pretrained(result.final_dir)
+    assert any("lora_A" in name for name, _ in tuned.named_parameters())
+
+
 def test_full_model_is_saved_for_transformers(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
