@@ -27,49 +27,33 @@ from __future__ import annotations
 
 import io
 import random
-from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import PIL.Image
 import torch
-from datasets import (
-    Dataset,
-    DatasetDict,
-    Features,
-    Image,
-    List,
-    Value,
-    concatenate_datasets,
-    load_dataset,
-)
+from datasets import Dataset, DatasetDict, Image
 from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from mmdpo.data.loaders import (
-    PAIRINGS,
-    BadRow,
-    BadRows,
-    GroupSet,
-    Pairing,
-    Ties,
-    check_choice,
-    check_columns,
-    convert_rows,
-    data_files,
-    detect_format,
-    expand_groups,
-    group_labels,
-    label_of,
-    pick_split,
-    rank_labels,
-    read_table,
+from mmdpo.data.loaders import BadRow, BadRows, GroupSet, Pairing, Ties, check_choice
+from mmdpo.data.media_groups import (
+    MediaKind,
+    check_candidates,
+    chosen_rejected_group,
+    load_media_groups,
+    media_group,
+    ranked_group,
+    read_media_table,
+    schema_group,
+    stored_reference,
 )
-from mmdpo.data.schema import CANDIDATES, DESIRABLE, GROUP_ID, ID, PROMPT, RANKS, SCORES
+from mmdpo.data.media_groups import undecoded_rows as undecoded_rows  # mmdpo.data.vlm reads it from here
+from mmdpo.data.schema import CANDIDATES, DESIRABLE, PROMPT, RANKS, SCORES
 
 IMAGE_FORMAT_COLUMNS: dict[str, list[tuple[str, ...]]] = {
     # Each tuple is one requirement: at least one of its columns must be present.
@@ -83,13 +67,6 @@ IMAGE_LIST_COLUMNS = (CANDIDATES, "images", RANKS, SCORES, DESIRABLE)
 PICKAPIC_RANKS = {1: [0, 1], 0: [1, 0], 0.5: [0, 0]}
 KTO_LABELS = {"exclusive_win": True, "exclusive_lose": False}
 STORED_IMAGE = Image(decode=False)
-COLUMN_TYPES = {
-    PROMPT: Value("string"),
-    CANDIDATES: List(STORED_IMAGE),
-    RANKS: List(Value("int64")),
-    SCORES: List(Value("float64")),
-    DESIRABLE: List(Value("bool")),
-}
 
 
 class ImageError(ValueError):
@@ -99,90 +76,20 @@ class ImageError(ValueError):
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def _is_saved(path: Path) -> bool:
-    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
-
-
-def _index_folder(path: Path, split: str) -> Path | None:
-    """The folder relative image paths start from: the index file's, or None when the split's files sit in several."""
-    if path.is_file():
-        return path.parent
-    if _is_saved(path):
-        return path
-    folders = {Path(f).parent for f in pick_split(data_files(path), split, str(path))}
-    return folders.pop() if len(folders) == 1 else None
-
-
 def read_image_table(source: str | Path | Dataset | DatasetDict, split: str) -> tuple[Dataset, str, Path | None]:
     """The split ``split`` of ``source`` (any source of :func:`load_image_groups`), a name for messages, and the folder
     relative image paths start from (None when the split's index files sit in several folders)."""
-    if isinstance(source, (Dataset, DatasetDict)):
-        return read_table(source, split), "the in-memory dataset", Path.cwd()
-    path = Path(source).absolute()
-    if path.is_dir() and not _is_saved(path) and any(path.rglob("*.arrow")):
-        return pick_split(load_dataset("arrow", data_dir=str(path)), split, str(path)), str(path), path
-    return read_table(path, split), str(path), _index_folder(path, split)
-
-
-def undecoded_rows(table: Dataset, batch_size: int = 256) -> Iterator[dict[str, Any]]:
-    """The rows of ``table`` as dicts, images in storage form: ``datasets.Image`` columns are read as Arrow, so
-    nothing is decoded."""
-    for batch in table.with_format("arrow").iter(batch_size=batch_size):
-        yield from batch.to_pylist()
+    return read_media_table(source, split)
 
 
 # --- row conversion --------------------------------------------------------------------------------
-
-
-def _prompt(row: dict[str, Any]) -> str:
-    field = PROMPT if PROMPT in row else "caption"
-    value = row.get(field)
-    if value is not None and not isinstance(value, str):
-        raise BadRow("wrong_type", field, f"must be text, got {str(value)[:40]}")
-    if not value:
-        raise BadRow("empty_prompt", field, "is empty")
-    return value
 
 
 def stored_image(value: Any, field: str, base: Path | None) -> dict[str, Any]:
     """An image (a path, bytes or a ``{"bytes", "path"}`` dict) in ``datasets.Image`` storage form; a relative path is
     resolved against ``base`` and must name an existing file. An empty, mistyped or missing image raises
     :class:`~mmdpo.data.loaders.BadRow` naming ``field``."""
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return {"bytes": value["bytes"], "path": value.get("path")}
-        value = value.get("path")
-    if isinstance(value, (bytes, bytearray)) and value:
-        return {"bytes": bytes(value), "path": None}
-    if not value:
-        raise BadRow("missing_image", field, "is empty")
-    if not isinstance(value, str):
-        raise BadRow("wrong_type", field, f"must be an image path, image bytes or {{bytes, path}}, got {value!r:.40}")
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        if base is None:
-            raise ValueError(
-                f"Field {field!r} holds the relative image path {value!r}, but the index files sit in several "
-                "folders, so it has no single base; write absolute paths or keep the index files in one folder."
-            )
-        path = base / path
-    if not path.is_file():
-        raise BadRow("missing_image", field, f"names {str(path)!r}, which does not exist")
-    return {"bytes": None, "path": str(path)}
-
-
-def _group(row: dict[str, Any], images: list[Any], fields: list[str], labels: dict, base: Path | None) -> dict:
-    prompt = _prompt(row)
-    return {PROMPT: prompt, CANDIDATES: [stored_image(v, f, base) for v, f in zip(images, fields)], **labels}
-
-
-def _image_list(row: dict[str, Any], field: str) -> list[Any]:
-    values = row.get(field)
-    if not values:
-        raise BadRow("missing_image", field, "is empty")
-    if not isinstance(values, list):
-        raise BadRow("wrong_type", field, f"must be a list of images, got {str(values)[:40]}")
-    return values
+    return stored_reference(value, field, base, "image")
 
 
 def _from_pickapic(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
@@ -193,17 +100,8 @@ def _from_pickapic(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
     other = row.get("label_1")
     if other is not None and other != 1 - label:
         raise BadRow("bad_label", "label_1", f"is {other!r} but 'label_0' is {label!r}; the two must sum to 1")
-    return _group(row, [row.get("jpg_0"), row.get("jpg_1")], ["jpg_0", "jpg_1"], {RANKS: PICKAPIC_RANKS[label]}, base)
-
-
-def _from_image_pairs(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
-    return _group(row, [row.get("chosen"), row.get("rejected")], ["chosen", "rejected"], {RANKS: [0, 1]}, base)
-
-
-def _from_image_ranked(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
-    images = _image_list(row, "images")
-    labels = rank_labels(row, len(images), "images")
-    return _group(row, images, [f"images[{i}]" for i in range(len(images))], labels, base)
+    images, fields = [row.get("jpg_0"), row.get("jpg_1")], ["jpg_0", "jpg_1"]
+    return media_group(row, images, fields, {RANKS: PICKAPIC_RANKS[label]}, base, stored_image)
 
 
 def _from_image_unpaired(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
@@ -212,40 +110,20 @@ def _from_image_unpaired(row: dict[str, Any], base: Path | None) -> dict[str, An
     if desirable is None:
         raise BadRow("bad_label", "label", f"must be true, false, 'exclusive_win' or 'exclusive_lose', got {label!r}")
     field = "file_path" if "file_path" in row else "image"
-    return _group(row, [row.get(field)], [field], {DESIRABLE: [desirable]}, base)
-
-
-def _from_image_groups(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
-    images = _image_list(row, CANDIDATES)
-    fields = [f"{CANDIDATES}[{i}]" for i in range(len(images))]
-    return _group(row, images, fields, group_labels(row, len(images)), base)
+    return media_group(row, [row.get(field)], [field], {DESIRABLE: [desirable]}, base, stored_image)
 
 
 IMAGE_CONVERTERS = {
-    "groups": _from_image_groups,
+    "groups": partial(schema_group, store=stored_image, noun="image"),
     "pickapic": _from_pickapic,
-    "image_pairs": _from_image_pairs,
-    "image_ranked": _from_image_ranked,
+    "image_pairs": partial(chosen_rejected_group, store=stored_image),
+    "image_ranked": partial(ranked_group, store=stored_image, field="images", noun="image"),
     "image_unpaired": _from_image_unpaired,
 }
+IMAGES = MediaKind("image", STORED_IMAGE, IMAGE_CONVERTERS, IMAGE_FORMAT_COLUMNS, IMAGE_LIST_COLUMNS)
 
 
 # --- the entry point -------------------------------------------------------------------------------
-
-
-def _to_dataset(groups: list[dict], sources: list[int], table: Dataset, pairs: Pairing) -> Dataset:
-    label = label_of(groups[0])
-    columns = [PROMPT, CANDIDATES, label]
-    if label == RANKS and all(group.get(SCORES) is not None for group in groups):
-        columns.append(SCORES)
-    data = {name: [group[name] for group in groups] for name in columns}
-    dataset = Dataset.from_dict(data, features=Features({name: COLUMN_TYPES[name] for name in columns}))
-    passthrough = [c for c in (ID, GROUP_ID) if c in table.column_names]
-    if passthrough:
-        dataset = concatenate_datasets([dataset, table.select_columns(passthrough).select(sources)], axis=1)
-    if pairs != "none" and GROUP_ID not in passthrough:
-        dataset = dataset.add_column(GROUP_ID, sources)
-    return dataset
 
 
 def load_image_groups(
@@ -271,26 +149,7 @@ def load_image_groups(
         pairs: ``none``, or expand each ranked group into K = 2 pairs, as
             :func:`~mmdpo.data.loaders.load_groups` does.
     """
-    check_choice("data.format", format, ("auto", *IMAGE_CONVERTERS))
-    check_choice("data.ties", ties, ("drop", "keep"))
-    check_choice("data.bad_rows", bad_rows, ("error", "skip"))
-    check_choice("data.pairs", pairs, PAIRINGS)
-    table, name, base = read_image_table(source, split)
-    format = detect_format(table.column_names, IMAGE_FORMAT_COLUMNS, "image format") if format == "auto" else format
-    check_columns(table, format, IMAGE_FORMAT_COLUMNS, IMAGE_LIST_COLUMNS, "image format")
-
-    convert = partial(IMAGE_CONVERTERS[format], base=base)
-    groups, sources, skipped = convert_rows(undecoded_rows(table), convert, name, ties=ties, bad_rows=bad_rows)
-
-    if pairs != "none" and groups:
-        groups, sources = expand_groups(groups, sources, pairs, name, skipped)
-    if not groups:
-        raise ValueError(
-            f"No usable groups in {name}: {len(table)} rows read, skipped {dict(skipped) or 'none'}; "
-            "check the data, data.ties and data.bad_rows."
-        )
-    dataset = _to_dataset(groups, sources, table, pairs)
-    return GroupSet(dataset, format, False, label_of(groups[0]), {k: v for k, v in skipped.items() if v})
+    return load_media_groups(IMAGES, source, format=format, split=split, ties=ties, bad_rows=bad_rows, pairs=pairs)
 
 
 # --- decoding and checking -------------------------------------------------------------------------
@@ -317,45 +176,26 @@ def decode_image(image: Mapping[str, Any], reduce: int = 1) -> PIL.Image.Image:
         raise ImageError(f"Image {where} is not a readable image ({err}).") from None
 
 
-def _first_bad(candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The index and problem of a group's first unreadable candidate, or -1 and ''."""
-    for index, image in enumerate(candidates):
-        try:
-            decode_image(image, reduce=8)
-        except ImageError as err:
-            return {"bad_candidate": index, "problem": str(err)}
-    return {"bad_candidate": -1, "problem": ""}
+def _unreadable(image: dict[str, Any]) -> tuple[str, str] | None:
+    """``("bad_image", problem)`` when ``image`` does not decode (JPEGs at 1/8 scale), else None."""
+    try:
+        decode_image(image, reduce=8)
+    except ImageError as err:
+        return "bad_image", str(err)
+    return None
 
 
 def check_images(groups: GroupSet, bad_rows: BadRows, num_proc: int | None = None) -> GroupSet:
     """Read every candidate once (JPEGs at 1/8 scale, :func:`decode_image`); a group with an unreadable image is fatal
     or dropped and counted under ``bad_image``."""
-    check_choice("data.bad_rows", bad_rows, ("error", "skip"))
-    data = groups.dataset
-    report = data.map(
-        _first_bad,
-        input_columns=CANDIDATES,
-        remove_columns=data.column_names,
+    return check_candidates(
+        groups,
+        bad_rows,
+        _unreadable,
+        noun="image",
+        what="an unreadable image",
+        fix="Replace the image or set data.bad_rows=skip to drop such groups.",
         num_proc=num_proc,
-        load_from_cache_file=False,
-        keep_in_memory=True,
-        desc="Checking images",
-    )
-    bad = [i for i, candidate in enumerate(report["bad_candidate"]) if candidate >= 0]
-    if not bad:
-        return groups
-    if bad_rows == "error":
-        first = report[bad[0]]
-        raise ValueError(
-            f"Row {bad[0]} of the groups, candidate {first['bad_candidate']}: {first['problem']} "
-            "Replace the image or set data.bad_rows=skip to drop such groups."
-        )
-    if len(bad) == len(data):
-        raise ValueError(f"No usable groups: all {len(data)} hold an unreadable image; check the image files.")
-    dropped = set(bad)
-    skipped = Counter(groups.skipped) + Counter({"bad_image": len(bad)})
-    return replace(
-        groups, dataset=data.select([i for i in range(len(data)) if i not in dropped]), skipped=dict(skipped)
     )
 
 
