@@ -65,9 +65,9 @@ def demo_tree(config_path: str | Path | None, overrides: list[str], output_dir: 
 def run_demo(config_path: str | None = None, overrides: list[str] | None = None, output_dir: str = "outputs/demo"):
     """Synthesise, train and compare (see the module docstring); returns the run result and the comparison."""
     from mmdpo.evaluation import compare_run
-    from mmdpo.pipelines.config import load_synth_config
+    from mmdpo.pipelines.config import load_synth_config, reward_sections
+    from mmdpo.pipelines.ranked_set import device_of, load_rewards
     from mmdpo.pipelines.synth import synth
-    from mmdpo.rewards import load_reward
 
     out = Path(output_dir)
     tree = demo_tree(config_path, overrides or [], out)
@@ -89,6 +89,8 @@ def run_demo(config_path: str | None = None, overrides: list[str] | None = None,
     run_tree["train"] = {**run_tree.get("train", {}), "output_dir": str(out / "run")}
     train_file.write_text(yaml.safe_dump(run_tree, sort_keys=False))
     synth_configs, config = [load_synth_config(path) for path in sets.values()], load_config(train_file)
+    settings = tree["eval"]
+    eval_rewards = reward_sections(settings["rewards"], "eval.rewards")
 
     print(f"mmdpo demo 1/3: synthesise ranked candidates ({', '.join(map(str, sets.values()))})")
     for synth_config in synth_configs:
@@ -96,10 +98,9 @@ def run_demo(config_path: str | None = None, overrides: list[str] | None = None,
     print(f"mmdpo demo 2/3: train {config.objective.name} on {config.model.path} ({train_file})")
     result = train(config)
     print("mmdpo demo 3/3: compare the trained model with its base on held-out prompts and seeds")
-    settings = tree["eval"]
-    rewards = [load_reward(name) for name in settings["rewards"]]
     comparison, _, _ = compare_run(
-        result.output_dir, tree["eval_prompts"], rewards, seeds=list(range(settings["seeds"])),
+        result.output_dir, tree["eval_prompts"], load_rewards(eval_rewards, device_of("auto")),
+        seeds=list(range(settings["seeds"])),
         steps=settings["steps"], guidance_scale=settings["guidance_scale"],
     )  # fmt: skip
     print()

@@ -14,9 +14,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mmdpo.rewards import Reward
 
 
 @dataclass
@@ -61,7 +65,7 @@ def score_grid(images: Tensor, prompts: Sequence[str], rewards: Sequence) -> dic
 def compare_run(
     run_dir: str | Path,
     prompts: Sequence[str],
-    rewards: Sequence,
+    rewards: Sequence[Reward | str],
     *,
     seeds: Sequence[int] = (0, 1, 2, 3),
     steps: int = 25,
@@ -71,15 +75,18 @@ def compare_run(
 ) -> tuple[Comparison, Tensor, Tensor]:
     """Base against trained policy of a finished text-to-image run (see the module docstring).
 
-    Returns the comparison and the base's and the policy's images ``[P, S, 3, R, R]``. ``device``: where the
-    models run, by default the GPU when there is one.
+    Returns the comparison and the base's and the policy's images ``[P, S, 3, R, R]``. ``rewards``: rewards, or
+    names (registered, installed or ``module:attribute``) loaded with their default weights
+    (:func:`~mmdpo.rewards.load_reward`). ``device``: where the models run, by default the GPU when there is one.
     """
     from diffusers.utils import logging as diffusers_logging
 
     from mmdpo.adapters.text_to_image import ImageMedia, TextToImageAdapter, load_text_to_image
     from mmdpo.config import load_config
     from mmdpo.figures import image_grid
+    from mmdpo.rewards import load_reward
 
+    rewards = [load_reward(r) if isinstance(r, str) else r for r in rewards]
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     final = run_dir / "final"

@@ -5,7 +5,8 @@ then ``key=value`` overrides), strict about unknown keys and about options that 
     config = load_score_config("/data/synpic", ["rewards=[pickscore,hpsv2]"])
 
 A generator or a reward may be given by its path or name alone: ``generators: [tiny:sd15]``,
-``rewards=[pickscore,hpsv2]``.
+``rewards=[pickscore,hpsv2]``. A reward's name is a registered one, an installed package's entry point or an import
+path, ``rewards=[my_pkg.rewards:Sharpness]`` (:mod:`mmdpo.rewards.registry`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import diffusers
 
 from mmdpo.config import ConfigError, build_section, closest_hint, read_tree
-from mmdpo.rewards import REWARDS, Reward
+from mmdpo.rewards import Reward, UnknownReward, resolve_reward
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 Aggregation = Literal["borda", "zscore", "mean"]
@@ -45,9 +46,11 @@ class GeneratorSection:
 
 @dataclass
 class RewardSection:
-    """One reward of the ensemble: a name of :data:`mmdpo.rewards.REWARDS`, its weights (``path``: None for the
-    default weights, ``tiny`` for a random tiny model, or a local path or hub id), its weight in the aggregate, and
-    the keyword ``options`` of its loader (e.g. ``{version: "2.0"}`` for HPSv2)."""
+    """One reward of the ensemble: its name (a key of :data:`mmdpo.rewards.REWARDS`, an installed reward's entry
+    point name or an import path ``module:attribute``; also the name of its ``reward_<name>`` column), its weights
+    (``path``: None for the default weights, ``tiny`` for a random tiny model, or a local path or hub id), its weight
+    in the aggregate, and the keyword ``options`` of its loader (e.g. ``{version: "2.0"}`` for HPSv2,
+    ``{threshold: 3}`` for your own)."""
 
     name: str = ""
     path: str | None = None
@@ -197,21 +200,40 @@ def _check_generator(section: GeneratorSection, where: str) -> None:
     section.name = section.name or generator_name(section.path)
 
 
-def check_rewards(rewards: list[RewardSection]) -> None:
-    """Known image rewards with distinct names and usable weights."""
+def reward_sections(items: list[Any], where: str) -> list[RewardSection]:
+    """The checked reward sections of a list of names and mappings at ``where`` (``[pickscore, {name: ...}]``)."""
+    tree = {"rewards": items}
+    _expand_shorthand(tree, "rewards", "name")
+    if not isinstance(tree["rewards"], list):
+        raise ConfigError(f"{where} must be a list of rewards, got {items!r}.")
+    sections = [build_section(RewardSection, item, f"{where}[{i}]") for i, item in enumerate(tree["rewards"])]
+    check_rewards(sections, where)
+    return sections
+
+
+def check_rewards(rewards: list[RewardSection], where: str = "rewards") -> None:
+    """Image rewards that resolve (:func:`~mmdpo.rewards.resolve_reward`: registered, installed or importable), with
+    distinct names and usable weights. What a factory builds is known only when it runs: that it is a Reward is
+    checked then, that it scores images is trusted."""
     for index, section in enumerate(rewards):
-        where = f"rewards[{index}]"
-        if section.name not in REWARDS:
-            hint = closest_hint(section.name, REWARDS) or f"; known rewards: {', '.join(REWARDS)}."
-            raise ConfigError(f"{where}.name={section.name!r} is not a reward{hint}")
-        if REWARDS[section.name].prepare is not Reward.prepare:  # the default prepare takes images
-            raise ConfigError(f"{where}.name={section.name} does not score images; pick an image reward.")
+        at = f"{where}[{index}]"
+        try:
+            loader = resolve_reward(section.name)
+        except UnknownReward as err:
+            known = f"; known rewards: {', '.join(err.known)}, or an import path module:attribute."
+            raise ConfigError(
+                f"{at}.name={section.name!r} is not a reward{closest_hint(section.name, err.known) or known}"
+            ) from None
+        except ValueError as err:
+            raise ConfigError(f"{at}.name: {err}") from None
+        if isinstance(loader, type) and loader.prepare is not Reward.prepare:  # the default prepare takes images
+            raise ConfigError(f"{at}.name={section.name} does not score images; pick an image reward.")
         if section.weight < 0:
-            raise ConfigError(f"{where}.weight={section.weight} must not be negative.")
-        _positive(section.batch_size, f"{where}.batch_size")
+            raise ConfigError(f"{at}.weight={section.weight} must not be negative.")
+        _positive(section.batch_size, f"{at}.batch_size")
     names = [section.name for section in rewards]
     if len(set(names)) != len(names):
-        raise ConfigError(f"rewards names {names} repeat one; list each reward once.")
+        raise ConfigError(f"{where} names {names} repeat one; list each reward once.")
 
 
 def validate_synth(config: SynthConfig) -> None:

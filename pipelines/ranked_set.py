@@ -70,10 +70,12 @@ def device_of(name: str) -> torch.device:
 
 
 def load_rewards(sections: Sequence[RewardSection], device: torch.device) -> list[Reward]:
-    """The configured rewards, each on ``device`` in its dtype."""
+    """The configured rewards (:func:`~mmdpo.rewards.load_reward`), each on ``device`` in its dtype and named as its
+    section names it (``my_pkg.rewards:Sharpness`` scores into ``reward_my_pkg.rewards:Sharpness``)."""
     rewards = []
     for section in sections:
         reward = load_reward(section.name, section.path, batch_size=section.batch_size, **section.options)
+        reward.name = section.name
         rewards.append(reward.to(device=device, dtype=DTYPES[section.dtype]))
     return rewards
 

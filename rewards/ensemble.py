@@ -187,7 +187,8 @@ class Ensemble:
     """Several rewards scored on groups of candidates and aggregated into ranks.
 
     Args:
-        rewards: rewards, or registered names loaded with their default weights (:func:`~mmdpo.rewards.load_reward`).
+        rewards: rewards, or names (registered, installed or ``module:attribute``) loaded with their default weights
+            (:func:`~mmdpo.rewards.load_reward`).
         aggregation: ``borda`` (default, RankDPO's Syn-Pic score), ``zscore`` or ``mean``.
         weights: one non-negative weight per reward; equal by default.
     """
