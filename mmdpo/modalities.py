@@ -101,6 +101,11 @@ for row in (
         "text-to-image models",
         tiny=None, pipelines=None,
     ),
+    Modality(
+        "text_to_audio", "mmdpo.adapters.text_to_audio:TextToAudioAdapter", "a text-to-audio model",
+        "text-to-audio models", tiny=None, pipelines=None,
+        markers=("main_config.json", "vae_config.json", "stft_config.json"),  # a Tango release
+    ),
 ):  # fmt: skip
     register_modality(row)
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from mmdpo.adapters.latent_diffusion.adapter import LatentDiffusionAdapter
 from mmdpo.adapters.latent_diffusion.families.sd15 import SD15
 from mmdpo.adapters.latent_diffusion.families.sdxl import SDXL
+from mmdpo.adapters.latent_diffusion.media import load_checked_source
 from mmdpo.adapters.latent_diffusion.model import LatentDiffusionModel, load_model
 from mmdpo.adapters.latent_diffusion.sections import LatentDataSection, LatentModelSection, NoisingSection
 from mmdpo.data.images import GroupTransform, TransformedGroup, check_images, decode_image, load_image_groups
@@ -50,13 +51,7 @@ class ImageDataSection(LatentDataSection):
 def load_image_source(path: str, split: str, config) -> GroupSet:
     """Image groups of one source of a config's ``data`` section, every image checked once (unreadable ones fatal or
     skipped, by ``data.bad_rows``)."""
-    data = config.data
-    if path == "toy":
-        raise ValueError("data.path=toy is the text task; give text-to-image training a dataset path.")
-    groups = load_image_groups(
-        path, format=data.format, split=split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs
-    )
-    return check_images(groups, data.bad_rows)
+    return load_checked_source(path, split, config, load_image_groups, check_images, "text-to-image")
 
 
 @dataclass

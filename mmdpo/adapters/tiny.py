@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 CHAT_TEMPLATE = (
@@ -104,24 +104,64 @@ def tiny_clip_config(tokenizer, hidden_size: int):
 
 def tiny_unet(**config: Any):
     """A two-level ``UNet2DConditionModel`` on 4-channel latents, cross-attention in the lower level; ``config``
-    adds the conditioning (``cross_attention_dim``, ``attention_head_dim``, ...)."""
+    adds the conditioning (``cross_attention_dim``, ``attention_head_dim``, ...) or replaces these settings."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
+    defaults = dict(
         block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
         norm_num_groups=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **config,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     )  # fmt: skip
+    return UNet2DConditionModel(**{**defaults, **config})
 
 
-def tiny_vae():
-    """A two-level ``AutoencoderKL`` from RGB to 4 latent channels."""
+def tiny_vae(**config: Any):
+    """A two-level ``AutoencoderKL`` from RGB to 4 latent channels; ``config`` replaces these settings."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    defaults = dict(
         block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
     )  # fmt: skip
+    return AutoencoderKL(**{**defaults, **config})
+
+
+def tiny_t5_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
+    """A T5-style tokenizer built in memory: one token per byte, pad 0, ``</s>`` 1 appended to every text, unk 2."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=model_max_length,
+    )  # fmt: skip
+
+
+def tiny_t5_encoder(tokenizer, d_model: int = 32):
+    """A one-layer ``T5EncoderModel`` over ``tokenizer``'s vocabulary (pad 0, eos 1, as FLAN-T5)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_ff=2 * d_model, d_kv=8, num_heads=4, num_layers=1,
+        pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    return T5EncoderModel(config)
+
+
+def tiny_vocoder(n_mels: int, upsample_initial_channel: int = 16, **config: Any):
+    """A ``SpeechT5HifiGan`` mel-to-waveform vocoder of ``n_mels`` input bins, ``upsample_initial_channel`` wide;
+    ``config`` gives its upsampling (its rates multiply to the STFT hop) and other settings."""
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    return SpeechT5HifiGan(
+        SpeechT5HifiGanConfig(
+            model_in_dim=n_mels, upsample_initial_channel=upsample_initial_channel, normalize_before=False, **config
+        )
+    )
 
 
 def tiny_ddpm_scheduler():

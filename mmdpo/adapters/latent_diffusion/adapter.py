@@ -43,7 +43,7 @@ from mmdpo.config import ConfigError
 from mmdpo.data.encode_cache import EncodeCache
 from mmdpo.data.schema import preferences
 from mmdpo.objectives import LogLik
-from mmdpo.precision import DTYPES
+from mmdpo.precision import DTYPES, inputs_in_own_dtype
 
 
 class LatentDiffusionAdapter:
@@ -58,7 +58,8 @@ class LatentDiffusionAdapter:
         sample_latents: train on a posterior sample of each candidate's latent (official Diffusion-DPO) or its mean.
         reference_dtype: dtype of the frozen copy (half precision under mixed precision).
         text_dtype: dtype of the text encoders.
-        vae_dtype: dtype of the VAE; SDXL's VAE overflows in fp16, so keep float32 unless it is an fp16-safe VAE.
+        vae_dtype: dtype of the VAE (and of the family's sampling parts, e.g. a vocoder); SDXL's VAE overflows in fp16,
+            so keep float32 unless it is an fp16-safe VAE.
         vae_path: a VAE to use instead of the pipeline's (e.g. an fp16-safe one).
         vae_batch_size: candidates per VAE encode (the transient memory of a 1024 px SDXL encode is ~2.5 GB an image).
         caches: the encode caches the batches come from (train, then held-out); the VAE and the text encoders are
@@ -113,21 +114,26 @@ class LatentDiffusionAdapter:
 
     @classmethod
     def check_config(cls, config, objective) -> None:
-        """What only latent-diffusion models check: the dropout probability, the sample grid, the VAE batch and the
-        attention backend."""
-        model, samples = config.model, config.train.samples
-        if not 0 <= model.prompt_dropout < 1:
-            raise ConfigError(f"model.prompt_dropout={model.prompt_dropout} must lie in [0, 1).")
-        for name in ("every", "seeds", "steps"):
-            if getattr(samples, name) is not None and getattr(samples, name) < 1:
-                raise ConfigError(f"train.samples.{name}={getattr(samples, name)} must be at least 1.")
-        if model.vae_batch_size < 1:
-            raise ConfigError(f"model.vae_batch_size={model.vae_batch_size} must be at least 1.")
+        """What only latent-diffusion models check: the attention backend (the fields' ranges are checked with the
+        sections)."""
+        model = config.model
         if model.attn_implementation not in ("sdpa", "xformers"):
             raise ConfigError(
                 f"model.attn_implementation={model.attn_implementation} is not available for latent-diffusion "
                 "denoisers; use sdpa (the default) or xformers."
             )
+
+    @classmethod
+    def loadable_config(cls, config):
+        """The config whose ``model.path`` the core loads: ``config`` itself, unless the modality first converts a
+        checkpoint of a layout of its own to a diffusers pipeline (Tango's releases)."""
+        return config
+
+    @classmethod
+    def media_of(cls, config) -> Media:
+        """The media settings of ``config``: its ``data`` section's (a modality may add the model's own, such as the
+        STFT settings of an audio model)."""
+        return cls.media_class.from_section(config.data)
 
     @classmethod
     def from_config(cls, config, context: BuildContext) -> LatentDiffusionAdapter:
@@ -137,8 +143,9 @@ class LatentDiffusionAdapter:
         ``context.half`` is the mixed-precision dtype, if any: the text encoders and a frozen reference copy run in
         it.
         """
+        config = cls.loadable_config(config)
         section = config.model
-        media = cls.media_class.from_section(config.data)
+        media = cls.media_of(config)
         caches = open_caches(config, media.settings())
         model = load_model(
             section.path, cls.families, DTYPES[section.dtype], encoders=caches is None, vae_path=section.vae_path
@@ -161,7 +168,7 @@ class LatentDiffusionAdapter:
             model,
             reference=context.reference,
             media=media,
-            noising=Noising(noising.kind, noising.steps, noising.eta),
+            noising=Noising(noising.kind, noising.steps, noising.eta, noising.walk),
             prompt_dropout=section.prompt_dropout,
             sample_latents=section.latents == "sample",
             reference_dtype=context.half,
@@ -175,14 +182,16 @@ class LatentDiffusionAdapter:
     @classmethod
     def cache_path(cls, config, source: tuple[str, str]) -> Path:
         """Where the encode cache of ``source`` (path, split) under ``config`` lives."""
-        return cache_path(config, source, cls.media_class.from_section(config.data).settings())
+        config = cls.loadable_config(config)
+        return cache_path(config, source, cls.media_of(config).settings())
 
     @classmethod
     def build_cache(cls, config, accelerator=None) -> list[Path]:
         """``mmdpo cache``: write the encode cache of every source of ``config`` (complete caches are kept)."""
         from accelerate import Accelerator
 
-        media = cls.media_class.from_section(config.data)
+        config = cls.loadable_config(config)
+        media = cls.media_of(config)
         family = family_of(config.model.path, cls.families)
         return write_caches(
             config, family, media.settings(), partial(media.load_source, config=config),
@@ -223,7 +232,8 @@ class LatentDiffusionAdapter:
     # -- scoring -----------------------------------------------------------------------------------
 
     def freeze_encoders(self) -> None:
-        freeze(self.model.vae, self.vae_dtype)
+        for module in (self.model.vae, *self.model.sampling_parts.values()):
+            freeze(module, self.vae_dtype)
         for encoder in self.model.text_encoders:
             freeze(encoder, self.text_dtype)
 
@@ -232,14 +242,15 @@ class LatentDiffusionAdapter:
         if not self.model.has_encoders:
             self.model.load_encoders(self.vae_path)
             self.freeze_encoders()
-            for module in (self.model.vae, *self.model.text_encoders):
+            for module in (self.model.vae, *self.model.text_encoders, *self.model.sampling_parts.values()):
                 module.to(self.model.denoiser.device)
         return self.model
 
     @property
     def frozen_modules(self) -> list[nn.Module]:
         """Modules the trainer moves to the device but never optimises."""
-        return [m for m in (self.model.vae, *self.model.text_encoders, self.reference_scorer) if m is not None]
+        parts = (self.model.vae, *self.model.text_encoders, *self.model.sampling_parts.values(), self.reference_scorer)
+        return [m for m in parts if m is not None]
 
     def empty_prompt(self, device: torch.device) -> dict[str, Tensor]:
         """The encoded empty prompt that dropout substitutes (the official scripts encode "")."""
@@ -273,7 +284,8 @@ class LatentDiffusionAdapter:
             with torch.no_grad():
                 conditions = self.model.family.encode(self.model.text_encoders, batch.input_ids)
         if self.prompt_dropout > 0:
-            conditions = drop_conditions(conditions, self.empty_prompt(latents.device), self.prompt_dropout, generator)
+            conditions, empty = self.model.family.align(conditions, self.empty_prompt(latents.device))
+            conditions = drop_conditions(conditions, empty, self.prompt_dropout, generator)
         conditions = {**conditions, **{name: value.to(latents) for name, value in batch.extra.items()}}
         draw = draw_noise(latents, self.model.scheduler.config.num_train_timesteps, generator, self.noising)
         with torch.no_grad():
@@ -323,7 +335,9 @@ class LatentDiffusionAdapter:
             raise ValueError("There is no reference to sample from: neither a LoRA adapter to switch off nor a copy.")
         device = self.model.denoiser.device
         samples = []
-        with adapter_disabled(self.model.denoiser) if disabled else contextlib.nullcontext():
+        vae, denoiser = pipe.vae, getattr(pipe, self.model.family.denoiser_name)
+        in_own_dtypes = inputs_in_own_dtype(denoiser, getattr(vae, "post_quant_conv", None), vae.decoder)
+        with adapter_disabled(self.model.denoiser) if disabled else contextlib.nullcontext(), in_own_dtypes:
             for seed in seeds:
                 generators = [torch.Generator(device).manual_seed(seed) for _ in prompts]
                 out = self.media.sample(

@@ -21,7 +21,7 @@ from mmdpo.adapters.latent_diffusion.model import encode_prompts, freeze, load_e
 from mmdpo.adapters.latent_diffusion.randomness import group_seeds
 from mmdpo.data.encode_cache import EncodeCache, Encoders, cache_directory, identity, write_cache
 from mmdpo.data.loaders import GroupSet
-from mmdpo.data.schema import preferences
+from mmdpo.data.schema import PROMPT, preferences
 from mmdpo.precision import DTYPES, half_name
 
 ENCODER_FOLDERS = ("vae", "text_encoder", "tokenizer")
@@ -91,29 +91,34 @@ def write_caches(
     """Write the cache of every source of ``config`` (complete caches are kept as they are); ``collate`` turns rows
     into candidates and their conditions as training's first epoch does."""
     model, data = config.model, config.data
-    vae, text_encoders, tokenizers = load_encoders(model.path, family, model.vae_path)
+    vae, text_encoders, tokenizers, _ = load_encoders(model.path, family, model.vae_path)
     device = accelerator.device
     vae = freeze(vae, DTYPES[model.vae_dtype], device)
     text_encoders = [freeze(encoder, DTYPES[text_dtype_name(config)], device) for encoder in text_encoders]
     normalisation = family.normalisation(vae)
-    encoders = Encoders(
-        encode_prompts=lambda prompts: {
-            k: v.cpu() for k, v in encode_prompts(family, text_encoders, tokenizers, prompts).items()
-        },
-        encode_media=lambda media: encode_moments(vae, media.to(device), model.vae_batch_size, normalisation),
-        collate=collate,
-        sample=model.latents == "sample",
-        dtype=DTYPES[data.cache_dtype],
-    )
+
+    def encoders(length: int) -> Encoders:
+        return Encoders(
+            encode_prompts=lambda prompts: {
+                k: v.cpu()
+                for k, v in family.pad(encode_prompts(family, text_encoders, tokenizers, prompts), length).items()
+            },
+            encode_media=lambda media: encode_moments(vae, media.to(device), model.vae_batch_size, normalisation),
+            collate=collate,
+            sample=model.latents == "sample",
+            dtype=DTYPES[data.cache_dtype],
+        )
+
     written = []
     for source in data.sources:
         directory = cache_path(config, source, transform)
         if not (directory / "complete").exists():
+            groups = load_source(*source)
             write_cache(
-                load_source(*source),
+                groups,
                 directory,
                 cache_key(config, source, transform),
-                encoders,
+                encoders(prompt_length(family, tokenizers, groups.dataset[PROMPT])),
                 batch_size=config.train.batch_size,
                 rank=accelerator.process_index,
                 world=accelerator.num_processes,
@@ -122,6 +127,15 @@ def write_caches(
             )
         written.append(directory)
     return written
+
+
+def prompt_length(family: Family, tokenizers: Sequence[Any], prompts: Sequence[str]) -> int:
+    """The length every prompt's :attr:`~Family.variable_length` conditions are padded to in a cache of ``prompts``:
+    the longest token sequence among them and the empty prompt (such conditions hold one position per token), so
+    the cache's shards stack; 0 for a family without variable-length conditions (nothing is padded)."""
+    if not family.variable_length:
+        return 0
+    return max(ids.shape[1] for ids in family.tokenize(tokenizers, ["", *dict.fromkeys(prompts)]))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mmdpo.adapters.latent_diffusion.latents import Normalisation, vae_normalisation
 
@@ -40,6 +41,11 @@ class Family(ABC):
         denoiser_class, vae_class: the diffusers classes of those components.
         lora_targets: the modules LoRA adapts unless ``model.lora.target_modules`` names others; the default is the
             attention projections the diffusers LoRA scripts adapt, which ``pipe.load_lora_weights`` expects.
+        sampling_parts: per pipeline component that only sampling needs (Tango's vocoder), its subfolder and class;
+            they load with the VAE and the text encoders.
+        variable_length: the prompt conditions ``[B, L, ...]`` whose length L is the batch's longest prompt (token
+            states and their attention mask, whose zeros hide the padding); where conditions of several batches meet
+            (prompt dropout's empty prompt, the encode cache) they are zero-padded to one length (:meth:`align`).
     """
 
     name: ClassVar[str]
@@ -51,6 +57,8 @@ class Family(ABC):
     denoiser_class: ClassVar[type] = UNet2DConditionModel
     vae_class: ClassVar[type] = AutoencoderKL
     lora_targets: ClassVar[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
+    sampling_parts: ClassVar[tuple[tuple[str, type], ...]] = ()
+    variable_length: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def tiny(self) -> LatentDiffusionModel:
@@ -85,6 +93,19 @@ class Family(ABC):
             ).input_ids
             for tok in tokenizers
         ]  # fmt: skip
+
+    def pad(self, conditions: dict[str, Tensor], length: int) -> dict[str, Tensor]:
+        """``conditions`` with their :attr:`variable_length` ones zero-padded (mask off) to ``length`` positions."""
+        return {
+            name: F.pad(value, (0, 0) * (value.dim() - 2) + (0, length - value.shape[1]))
+            if name in self.variable_length else value
+            for name, value in conditions.items()
+        }  # fmt: skip
+
+    def align(self, *conditions: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """Several batches' conditions with their :attr:`variable_length` ones padded to the longest among them."""
+        lengths = [c[name].shape[1] for c in conditions for name in self.variable_length]
+        return [self.pad(c, max(lengths)) for c in conditions] if lengths else list(conditions)
 
     def group_conditions(self, group: Any) -> dict[str, list[float]]:
         """Conditions read from one group's transformed media (e.g. SDXL's size and crop), none by default."""

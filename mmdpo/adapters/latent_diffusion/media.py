@@ -3,7 +3,7 @@ candidates are transformed together, how a pipeline's samples come out."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -47,3 +47,16 @@ def collate_media(
     candidates, groups = media.collate(rows, seed=seed, epoch=epoch)
     conditions = [family.group_conditions(group) for group in groups]
     return candidates, {name: torch.tensor([group[name] for group in conditions]) for name in conditions[0]}
+
+
+def load_checked_source(
+    path: str, split: str, config, load: Callable[..., GroupSet], check: Callable[[GroupSet, str], GroupSet], task: str
+) -> GroupSet:
+    """The groups of one source of a config's ``data`` section, read by ``load`` (a media loader of
+    :mod:`mmdpo.data`, with the section's format, ties, bad-row and pairing options) and every candidate checked once
+    by ``check`` (unusable ones fatal or skipped, by ``data.bad_rows``); ``task`` names the modality in messages."""
+    data = config.data
+    if path == "toy":
+        raise ValueError(f"data.path=toy is the text task; give {task} training a dataset path.")
+    groups = load(path, format=data.format, split=split, ties=data.ties, bad_rows=data.bad_rows, pairs=data.pairs)
+    return check(groups, data.bad_rows)

@@ -37,15 +37,20 @@ class LatentDiffusionModel:
     tokenizers: list[Any] = field(default_factory=list)
     sampling_scheduler: SchedulerMixin | None = None
     """The pipeline's own scheduler (what sampling and saved pipelines use); DDIM from ``scheduler`` if None."""
+    sampling_parts: dict[str, nn.Module] = field(default_factory=dict)
+    """The family's :attr:`~Family.sampling_parts` by name (Tango's vocoder), loaded with the encoders."""
 
     @property
     def has_encoders(self) -> bool:
         return self.vae is not None and bool(self.text_encoders)
 
     def load_encoders(self, vae_path: str | None = None) -> None:
-        """Load the VAE (from ``vae_path`` when given), text encoders and tokenizers of :attr:`path` if missing."""
+        """Load the VAE (from ``vae_path`` when given), text encoders, tokenizers and sampling parts of :attr:`path`
+        if missing."""
         if not self.has_encoders:
-            self.vae, self.text_encoders, self.tokenizers = load_encoders(self.path, self.family, vae_path)
+            self.vae, self.text_encoders, self.tokenizers, self.sampling_parts = load_encoders(
+                self.path, self.family, vae_path
+            )
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         """The family's conditions of ``prompts`` (the text encoders must be loaded)."""
@@ -55,6 +60,7 @@ class LatentDiffusionModel:
         """The family's diffusers pipeline over these parts (this denoiser unless another is given)."""
         scheduler = self.sampling_scheduler or DDIMScheduler.from_config(self.scheduler.config)
         parts = {"vae": self.vae, self.family.denoiser_name: denoiser or self.denoiser, "scheduler": scheduler}
+        parts.update(self.sampling_parts)
         return self.family.pipeline_class(**parts, **self.family.pipeline_parts(self.text_encoders, self.tokenizers))
 
 
@@ -91,17 +97,21 @@ def load_model(
     return model
 
 
-def load_encoders(path: str, family: Family, vae_path: str | None = None) -> tuple[nn.Module, list, list]:
-    """The VAE (from ``vae_path`` when given), text encoders and tokenizers of the pipeline at ``path``."""
+def load_encoders(
+    path: str, family: Family, vae_path: str | None = None
+) -> tuple[nn.Module, list, list, dict[str, nn.Module]]:
+    """The VAE (from ``vae_path`` when given), text encoders, tokenizers and sampling parts of the pipeline at
+    ``path``."""
     if path.startswith("tiny:"):
         tiny = family.tiny()
-        vae, text_encoders, tokenizers = tiny.vae, tiny.text_encoders, tiny.tokenizers
+        vae, text_encoders, tokenizers, parts = tiny.vae, tiny.text_encoders, tiny.tokenizers, tiny.sampling_parts
     else:
         vae = load_part(family.vae_class, path, "vae", "model.path")
         text_encoders, tokenizers = family.load_text_encoders(path)
+        parts = {name: load_part(cls, path, name, "model.path") for name, cls in family.sampling_parts}
     if vae_path is not None:
         vae = load_part(family.vae_class, vae_path, None, "model.vae_path")
-    return vae, text_encoders, tokenizers
+    return vae, text_encoders, tokenizers, parts
 
 
 @torch.no_grad()

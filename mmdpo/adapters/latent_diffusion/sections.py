@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmdpo.config import DataSection, ModelSection
+from mmdpo.config import FRACTION, DataSection, ModelSection, bounded
 
 
 @dataclass
@@ -13,11 +13,16 @@ class NoisingSection:
     """How x_t and the target are drawn (see :mod:`mmdpo.adapters.latent_diffusion.noising`).
 
     ``forward`` (Diffusion-DPO), ``ddim_inversion`` (InPO: steps 10, eta 0.1) or ``renoise_inversion``
-    (SmPO: steps 10 for SDXL, 5 for SD1.5)."""
+    (SmPO: steps 10 for SDXL, 5 for SD1.5). ``walk``, for the inversions: ``landing`` (the default) walks a grid
+    of ``steps`` levels and lands on each group's t, so x_t has the noise level the target eps* assumes; ``official``
+    replays the official InPO/SmPO loop under the diffusers it pins (0.20): the model told the level each step
+    starts from (-99, 1, 101, ...), x_t on the first grid level at or above t (up to ``T // steps - 1`` levels
+    above it; the top level for t above that) and InPO's step noise drawn per image."""
 
     kind: Literal["forward", "ddim_inversion", "renoise_inversion"] = "forward"
-    steps: int = 10
-    eta: float = 0.0
+    steps: int = bounded(10, 1)
+    eta: float = bounded(0.0, 0)
+    walk: Literal["landing", "official"] = "landing"
 
 
 @dataclass
@@ -32,11 +37,11 @@ class LatentModelSection(ModelSection):
     format."""
 
     noising: NoisingSection = field(default_factory=NoisingSection)
-    prompt_dropout: float = 0.0
+    prompt_dropout: float = bounded(0.0, **FRACTION)
     latents: Literal["sample", "mean"] = "sample"
     vae_path: str | None = None
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    vae_batch_size: int = 8
+    vae_batch_size: int = bounded(8, 1)
     channels_last: bool = False
 
 
