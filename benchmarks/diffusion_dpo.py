@@ -84,11 +84,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     MemoryMeter,
     StepClock,
-    child_env,
     cpu_name,
     median,
     result_line,
-    run_child,
+    run_side,
     step_times,
     summarise,
     sync,
@@ -515,16 +514,6 @@ def child(args) -> None:
 # --- the parent: build once, run the children, print the table ------------------------------------
 
 
-def run_side(args, which: str, workdir: Path, repeat: int) -> dict:
-    out = workdir / f"out-{which}-{repeat}"
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, __file__, *sys.argv[1:], "--child", which, "--workdir", str(workdir), "--out", str(out)]
-    try:
-        return run_child(cmd, which, env=child_env(args.device, args.threads, workdir))
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-
-
 def print_table(args, results: dict[str, dict], flops_pair: float, forward: float) -> None:
     import diffusers
     import torch
@@ -633,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         for repeat in range(args.repeats):
             for which in sides if repeat % 2 == 0 else sides[::-1]:
-                result = run_side(args, which, workdir, repeat)
+                result = run_side(__file__, args, which, workdir, repeat)
                 runs[which].append(result)
                 print(
                     f"  {which} run {repeat + 1}: {result['step_s']:.3f} s/step wall, {result['cpu_step_s']:.3f} CPU",

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -186,3 +187,14 @@ def cpu_name() -> str:
         return f"{names[0]} x{os.cpu_count()}" if names else platform.machine()
     except OSError:
         return platform.machine()
+
+
+def run_side(script: str, args, which: str, workdir, repeat: int) -> dict:
+    """Run ``script`` again as the child ``which`` (same command-line arguments), in a fresh output directory."""
+    out = workdir / f"out-{which}-{repeat}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, script, *sys.argv[1:], "--child", which, "--workdir", str(workdir), "--out", str(out)]
+    try:
+        return run_child(cmd, which, env=child_env(args.device, args.threads, workdir))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
