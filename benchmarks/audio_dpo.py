@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     MemoryMeter,
     StepClock,
+    check_timing_args,
     cpu_name,
     result_line,
     run_side,
@@ -459,10 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", choices=["mmdpo", "peer", "mmdpo-lora"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.clock == "auto":
-        args.clock = "cpu" if args.device == "cpu" else "wall"
-    if args.steps < args.warmup + 2:
-        parser.error(f"--steps {args.steps} leaves no timed step after the first and --warmup {args.warmup}.")
+    check_timing_args(parser, args)
     if args.child:
         return child(args)
     sides = [args.only] if args.only else ["mmdpo", "peer"] + (["mmdpo-lora"] if args.lora else [])

@@ -84,6 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     MemoryMeter,
     StepClock,
+    check_timing_args,
     cpu_name,
     median,
     result_line,
@@ -596,12 +597,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.resolution = args.resolution or SIZES[args.size]["resolution"]
-    if args.clock == "auto":
-        args.clock = "cpu" if args.device == "cpu" else "wall"
     if args.mixed_precision == "auto":
         args.mixed_precision = "bf16" if args.device == "cuda" else "no"
-    if args.steps < args.warmup + 2:
-        parser.error(f"--steps {args.steps} leaves no timed step after the first and --warmup {args.warmup}.")
+    check_timing_args(parser, args)
     if args.child:
         return child(args)
     sides = [args.only] if args.only else ["mmdpo", "peer"]

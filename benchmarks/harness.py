@@ -198,3 +198,12 @@ def run_side(script: str, args, which: str, workdir, repeat: int) -> dict:
         return run_child(cmd, which, env=child_env(args.device, args.threads, workdir))
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def check_timing_args(parser, args) -> None:
+    """``--clock auto`` resolved (CPU time on a CPU, where other jobs share the cores; wall time on a GPU), and at
+    least one timed step after the first and the warm-up."""
+    if args.clock == "auto":
+        args.clock = "cpu" if args.device == "cpu" else "wall"
+    if args.steps < args.warmup + 2:
+        parser.error(f"--steps {args.steps} leaves no timed step after the first and --warmup {args.warmup}.")

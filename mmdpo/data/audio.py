@@ -45,17 +45,8 @@ from datasets import Audio, Dataset, DatasetDict
 from torch import Tensor
 from transformers.audio_utils import mel_filter_bank
 
-from mmdpo.data.loaders import BadRow, BadRows, GroupSet, Pairing, Ties
-from mmdpo.data.media_groups import (
-    MediaKind,
-    check_candidates,
-    chosen_rejected_group,
-    load_media_groups,
-    media_group,
-    ranked_group,
-    schema_group,
-    stored_reference,
-)
+from mmdpo.data import media_groups
+from mmdpo.data.loaders import BadRow, BadRows, GroupSet
 from mmdpo.data.schema import CANDIDATES, DESIRABLE, GROUP_ID, ID, PROMPT, RANKS, SCORES
 
 AUDIO_FORMAT_COLUMNS: dict[str, list[tuple[str, ...]]] = {
@@ -103,23 +94,23 @@ def stored_audio(value: Any, field: str, base: Path | None) -> dict[str, Any]:
     empty, mistyped or missing clip raises :class:`~mmdpo.data.loaders.BadRow` naming ``field``."""
     if isinstance(value, dict) and value.get("array") is not None:
         return {"bytes": _encoded(value, field), "path": None}
-    return stored_reference(value, field, base, "audio")
+    return media_groups.stored_reference(value, field, base, "audio")
 
 
 def _from_audio_unpaired(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
     label = row.get("label")
     if not isinstance(label, bool):
         raise BadRow("bad_label", "label", f"must be true or false, got {label!r}")
-    return media_group(row, [row.get("audio")], ["audio"], {DESIRABLE: [label]}, base, stored_audio)
+    return media_groups.media_group(row, [row.get("audio")], ["audio"], {DESIRABLE: [label]}, base, stored_audio)
 
 
 AUDIO_CONVERTERS = {
-    "groups": partial(schema_group, store=stored_audio, noun="audio"),
-    "audio_alpaca": partial(chosen_rejected_group, store=stored_audio),
-    "audio_ranked": partial(ranked_group, store=stored_audio, field="audios", noun="audio"),
+    "groups": partial(media_groups.schema_group, store=stored_audio, noun="audio"),
+    "audio_alpaca": partial(media_groups.chosen_rejected_group, store=stored_audio),
+    "audio_ranked": partial(media_groups.ranked_group, store=stored_audio, field="audios", noun="audio"),
     "audio_unpaired": _from_audio_unpaired,
 }
-AUDIO = MediaKind(
+AUDIO = media_groups.MediaKind(
     "audio", STORED_AUDIO, AUDIO_CONVERTERS, AUDIO_FORMAT_COLUMNS, AUDIO_LIST_COLUMNS, (ID, GROUP_ID, STRATEGY)
 )
 
@@ -127,19 +118,12 @@ AUDIO = MediaKind(
 # --- the entry point -------------------------------------------------------------------------------
 
 
-def load_audio_groups(
-    path: str | Path | Dataset | DatasetDict,
-    *,
-    format: str = "auto",
-    split: str = "train",
-    ties: Ties = "drop",
-    bad_rows: BadRows = "error",
-    pairs: Pairing = "none",
-) -> GroupSet:
+def load_audio_groups(path: str | Path | Dataset | DatasetDict, **options: str) -> GroupSet:
     """Read ``path`` and convert it to groups of audio candidates (see the module docstring).
 
     Args:
         path: a file, a directory or an in-memory dataset.
+        options: the keywords below (:func:`~mmdpo.data.media_groups.load_media_groups`).
         format: ``auto`` (from the columns) or one of ``audio_alpaca``, ``audio_ranked``, ``audio_unpaired``,
             ``groups``.
         split: the split of a saved ``DatasetDict`` or of a directory whose file names name splits.
@@ -150,7 +134,7 @@ def load_audio_groups(
         pairs: ``none``, or expand each ranked group into K = 2 pairs, as
             :func:`~mmdpo.data.loaders.load_groups` does (``strategy``, ``id`` and ``group_id`` follow each pair).
     """
-    return load_media_groups(AUDIO, path, format=format, split=split, ties=ties, bad_rows=bad_rows, pairs=pairs)
+    return media_groups.load_media_groups(AUDIO, path, **options)
 
 
 # --- decoding and checking -------------------------------------------------------------------------
@@ -212,7 +196,7 @@ def check_audio(groups: GroupSet, bad_rows: BadRows, num_proc: int | None = None
     """Decode every candidate once at its own rate; a group with an undecodable clip (``corrupt_audio``) or a silent one
     (``silent_audio``: the peak of the mono samples less their mean is below :data:`SILENT_PEAK`) is fatal or dropped
     and counted under that reason."""
-    return check_candidates(
+    return media_groups.check_candidates(
         groups,
         bad_rows,
         _bad_clip,

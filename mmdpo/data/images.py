@@ -40,18 +40,8 @@ from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from mmdpo.data.loaders import BadRow, BadRows, GroupSet, Pairing, Ties, check_choice
-from mmdpo.data.media_groups import (
-    MediaKind,
-    check_candidates,
-    chosen_rejected_group,
-    load_media_groups,
-    media_group,
-    ranked_group,
-    read_media_table,
-    schema_group,
-    stored_reference,
-)
+from mmdpo.data import media_groups
+from mmdpo.data.loaders import BadRow, BadRows, GroupSet, check_choice
 from mmdpo.data.media_groups import undecoded_rows as undecoded_rows  # mmdpo.data.vlm reads it from here
 from mmdpo.data.schema import CANDIDATES, DESIRABLE, PROMPT, RANKS, SCORES
 
@@ -79,7 +69,7 @@ class ImageError(ValueError):
 def read_image_table(source: str | Path | Dataset | DatasetDict, split: str) -> tuple[Dataset, str, Path | None]:
     """The split ``split`` of ``source`` (any source of :func:`load_image_groups`), a name for messages, and the folder
     relative image paths start from (None when the split's index files sit in several folders)."""
-    return read_media_table(source, split)
+    return media_groups.read_media_table(source, split)
 
 
 # --- row conversion --------------------------------------------------------------------------------
@@ -89,7 +79,7 @@ def stored_image(value: Any, field: str, base: Path | None) -> dict[str, Any]:
     """An image (a path, bytes or a ``{"bytes", "path"}`` dict) in ``datasets.Image`` storage form; a relative path is
     resolved against ``base`` and must name an existing file. An empty, mistyped or missing image raises
     :class:`~mmdpo.data.loaders.BadRow` naming ``field``."""
-    return stored_reference(value, field, base, "image")
+    return media_groups.stored_reference(value, field, base, "image")
 
 
 def _from_pickapic(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
@@ -101,7 +91,7 @@ def _from_pickapic(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
     if other is not None and other != 1 - label:
         raise BadRow("bad_label", "label_1", f"is {other!r} but 'label_0' is {label!r}; the two must sum to 1")
     images, fields = [row.get("jpg_0"), row.get("jpg_1")], ["jpg_0", "jpg_1"]
-    return media_group(row, images, fields, {RANKS: PICKAPIC_RANKS[label]}, base, stored_image)
+    return media_groups.media_group(row, images, fields, {RANKS: PICKAPIC_RANKS[label]}, base, stored_image)
 
 
 def _from_image_unpaired(row: dict[str, Any], base: Path | None) -> dict[str, Any]:
@@ -110,35 +100,28 @@ def _from_image_unpaired(row: dict[str, Any], base: Path | None) -> dict[str, An
     if desirable is None:
         raise BadRow("bad_label", "label", f"must be true, false, 'exclusive_win' or 'exclusive_lose', got {label!r}")
     field = "file_path" if "file_path" in row else "image"
-    return media_group(row, [row.get(field)], [field], {DESIRABLE: [desirable]}, base, stored_image)
+    return media_groups.media_group(row, [row.get(field)], [field], {DESIRABLE: [desirable]}, base, stored_image)
 
 
 IMAGE_CONVERTERS = {
-    "groups": partial(schema_group, store=stored_image, noun="image"),
+    "groups": partial(media_groups.schema_group, store=stored_image, noun="image"),
     "pickapic": _from_pickapic,
-    "image_pairs": partial(chosen_rejected_group, store=stored_image),
-    "image_ranked": partial(ranked_group, store=stored_image, field="images", noun="image"),
+    "image_pairs": partial(media_groups.chosen_rejected_group, store=stored_image),
+    "image_ranked": partial(media_groups.ranked_group, store=stored_image, field="images", noun="image"),
     "image_unpaired": _from_image_unpaired,
 }
-IMAGES = MediaKind("image", STORED_IMAGE, IMAGE_CONVERTERS, IMAGE_FORMAT_COLUMNS, IMAGE_LIST_COLUMNS)
+IMAGES = media_groups.MediaKind("image", STORED_IMAGE, IMAGE_CONVERTERS, IMAGE_FORMAT_COLUMNS, IMAGE_LIST_COLUMNS)
 
 
 # --- the entry point -------------------------------------------------------------------------------
 
 
-def load_image_groups(
-    source: str | Path | Dataset | DatasetDict,
-    *,
-    format: str = "auto",
-    split: str = "train",
-    ties: Ties = "drop",
-    bad_rows: BadRows = "error",
-    pairs: Pairing = "none",
-) -> GroupSet:
+def load_image_groups(source: str | Path | Dataset | DatasetDict, **options: str) -> GroupSet:
     """Read ``source`` and convert it to groups of image candidates (see the module docstring).
 
     Args:
         source: a file, a directory or an in-memory dataset.
+        options: the keywords below (:func:`~mmdpo.data.media_groups.load_media_groups`).
         format: ``auto`` (from the columns) or one of ``pickapic``, ``image_pairs``, ``image_ranked``,
             ``image_unpaired``, ``groups``.
         split: the split of a saved ``DatasetDict`` or of a directory whose file names name splits.
@@ -149,7 +132,7 @@ def load_image_groups(
         pairs: ``none``, or expand each ranked group into K = 2 pairs, as
             :func:`~mmdpo.data.loaders.load_groups` does.
     """
-    return load_media_groups(IMAGES, source, format=format, split=split, ties=ties, bad_rows=bad_rows, pairs=pairs)
+    return media_groups.load_media_groups(IMAGES, source, **options)
 
 
 # --- decoding and checking -------------------------------------------------------------------------
@@ -188,7 +171,7 @@ def _unreadable(image: dict[str, Any]) -> tuple[str, str] | None:
 def check_images(groups: GroupSet, bad_rows: BadRows, num_proc: int | None = None) -> GroupSet:
     """Read every candidate once (JPEGs at 1/8 scale, :func:`decode_image`); a group with an unreadable image is fatal
     or dropped and counted under ``bad_image``."""
-    return check_candidates(
+    return media_groups.check_candidates(
         groups,
         bad_rows,
         _unreadable,

@@ -236,8 +236,8 @@ def load_media_groups(
     bad_rows: BadRows = "error",
     pairs: Pairing = "none",
 ) -> GroupSet:
-    """Read ``source`` and convert it to groups of ``kind`` candidates; the arguments are
-    :func:`~mmdpo.data.images.load_image_groups`'s."""
+    """Read ``source`` and convert it to groups of ``kind`` candidates (the options are described at
+    :func:`~mmdpo.data.images.load_image_groups`)."""
     check_choice("data.format", format, ("auto", *kind.converters))
     check_choice("data.ties", ties, ("drop", "keep"))
     check_choice("data.bad_rows", bad_rows, ("error", "skip"))
